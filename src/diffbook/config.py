@@ -1,0 +1,66 @@
+"""Device-aware configurations: a small recipe on a CPU, a larger one on a GPU or TPU.
+
+Each chapter writes its two configurations side by side and lets :func:`pick`
+choose.  ``DIFFBOOK_CONFIG=cpu`` or ``DIFFBOOK_CONFIG=accelerator`` (or the
+``choice`` argument) overrides the automatic choice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+CHOICES = ("cpu", "accelerator")
+
+
+class Config(dict):
+    """A dict whose keys also read as attributes, plus the ``name`` of the choice."""
+
+    def __init__(self, name: str, values: dict):
+        super().__init__(values)
+        self.name = name
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"config {self.name!r} has no setting {key!r}") from None
+
+    def replace(self, **changes) -> "Config":
+        """A copy with some settings changed; unknown names are an error."""
+        unknown = set(changes) - set(self)
+        if unknown:
+            raise KeyError(f"config {self.name!r} has no settings {sorted(unknown)}")
+        return Config(self.name, {**self, **changes})
+
+
+def default_choice() -> str:
+    """``"accelerator"`` when JAX's default backend is a GPU or TPU, else ``"cpu"``."""
+    return "cpu" if jax.default_backend() == "cpu" else "accelerator"
+
+
+def pick(*, cpu: dict, accelerator: dict, choice: str | None = None) -> Config:
+    """Choose between two configurations.
+
+    Args:
+      cpu: settings for a laptop or CI CPU (minutes).
+      accelerator: settings for a GPU or TPU; must have the same keys.
+      choice: ``"cpu"`` or ``"accelerator"``; default: ``$DIFFBOOK_CONFIG`` if set,
+        otherwise :func:`default_choice`.
+    """
+    if set(cpu) != set(accelerator):
+        raise ValueError(f"cpu and accelerator configs need the same keys; "
+                         f"differing: {sorted(set(cpu) ^ set(accelerator))}")
+    choice = choice or os.environ.get("DIFFBOOK_CONFIG") or default_choice()
+    if choice not in CHOICES:
+        raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
+    return Config(choice, cpu if choice == "cpu" else accelerator)
+
+
+def describe(config: Config) -> str:
+    """One line saying which configuration runs on what, e.g. for a chapter's first output."""
+    devices = jax.devices()
+    kind = devices[0].device_kind if devices[0].platform != "cpu" else "CPU"
+    return (f"configuration {config.name!r} on {len(devices)} {jax.default_backend()} "
+            f"device{'s' if len(devices) > 1 else ''} ({kind})")

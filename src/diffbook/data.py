@@ -1,0 +1,75 @@
+"""Datasets that ship with packages: nothing is downloaded at run time.
+
+Images are returned as ``float32`` arrays of shape ``(N, H, W, C)`` scaled to
+``[-1, 1]``, the range that matches standard Gaussian noise in size.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+DIGIT_SHAPE = (8, 8, 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _sklearn_digits():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # sklearn's pixels are integers 0..16; map them affinely onto [-1, 1].
+    images = (bunch.images.astype(np.float32) / 8.0 - 1.0)[..., None]
+    images.setflags(write=False)
+    labels = bunch.target.astype(np.int32)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def load_digits(digit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 sklearn 8x8 digits as ``(images, labels)``.
+
+    Args:
+      digit: keep only this class (0-9); ``None`` keeps all ten.
+
+    Returns:
+      ``images`` of shape ``(N, 8, 8, 1)``, ``float32`` in ``[-1, 1]``, and
+      ``labels`` of shape ``(N,)``, ``int32``. Both are fresh copies.
+    """
+    images, labels = _sklearn_digits()
+    if digit is not None:
+        if isinstance(digit, bool) or not isinstance(digit, (int, np.integer)):
+            raise TypeError(f"digit must be an int in 0..9 or None, got {digit!r}")
+        if not 0 <= digit <= 9:
+            raise ValueError(f"digit must be in 0..9, got {digit}")
+        keep = labels == digit
+        images, labels = images[keep], labels[keep]
+    return images.copy(), labels.copy()
+
+
+def check_images(images, *, name: str = "images", shape=None, low: float = -1.0,
+                 high: float = 1.0, tol: float = 1e-3) -> np.ndarray:
+    """Validate a batch of images and return it as a float32 NumPy array.
+
+    Raises ``TypeError`` for a non-numeric array and ``ValueError`` for a wrong
+    rank, a wrong per-image ``shape``, non-finite values, or values outside
+    ``[low, high]`` (with a small tolerance ``tol``). ``name`` is the argument
+    name used in the messages.
+    """
+    arr = np.asarray(images)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if arr.ndim != 4:
+        raise ValueError(f"{name} must have shape (N, H, W, C), got shape {arr.shape}")
+    if shape is not None and tuple(arr.shape[1:]) != tuple(shape):
+        raise ValueError(f"{name} must have per-image shape {tuple(shape)}, got {arr.shape[1:]}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < low - tol or hi > high + tol:
+        raise ValueError(
+            f"{name} must lie in [{low}, {high}] (clip samples first), got values in [{lo:.3g}, {hi:.3g}]")
+    return arr

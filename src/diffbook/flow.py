@@ -1,0 +1,93 @@
+"""Conditional flow matching, as taught in the flow-matching chapter.
+
+Time runs from noise at ``t = 0`` to data at ``t = 1``.  A pair (noise ``x0``,
+data ``x1``) is joined by the straight line ``x_t = (1 - t) x0 + t x1``, whose
+velocity ``x1 - x0`` is the regression target of the network ``v(x_t, t)``.
+Sampling integrates ``dx/dt = v(x, t)`` from noise; encoding integrates it
+backwards from data.
+
+The chapter writes these functions out in its own cells; this module holds the
+same recipe for the benchmark (``python -m diffbook.bench flow_matching``) and
+for later chapters.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from . import config as _config
+from . import nets, train
+from .samplers import ode_solve
+
+#: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
+RECIPE = {
+    "cpu": dict(digit=2, channels=(16, 32), batch_size=128, steps=800, peak_lr=2e-3,
+                warmup=50, ema_decay=0.995, rtol=1e-3, atol=1e-3),
+    "accelerator": dict(digit=2, channels=(64, 128), batch_size=512, steps=4000, peak_lr=1e-3,
+                        warmup=200, ema_decay=0.999, rtol=1e-4, atol=1e-4),
+}
+
+
+def logit_normal(key: jax.Array, n: int, *, mean: float = 0.0, std: float = 1.0) -> jax.Array:
+    """``n`` times in (0, 1): ``sigmoid(u)`` with ``u ~ N(mean, std^2)``.
+
+    They cluster around the middle of the path, where the target velocity is
+    hardest to predict, and rarely fall at the easy ends.
+    """
+    if std <= 0:
+        raise ValueError(f"std must be positive, got {std}")
+    return jax.nn.sigmoid(mean + std * jax.random.normal(key, (n,)))
+
+
+def cfm_loss(model, x1: jax.Array, key: jax.Array) -> jax.Array:
+    """Conditional flow-matching loss of ``model(x_t, t)`` on a batch of data ``x1``."""
+    k_t, k_noise = jax.random.split(key)
+    t = logit_normal(k_t, x1.shape[0])
+    x0 = jax.random.normal(k_noise, x1.shape)
+    tb = t.reshape((-1,) + (1,) * (x1.ndim - 1))
+    xt = (1.0 - tb) * x0 + tb * x1
+    return jnp.mean((model(xt, t) - (x1 - x0)) ** 2)
+
+
+def velocity_field(model):
+    """The learned ODE's right-hand side, ``(t, x) -> model(x, t)`` for a batch ``x``."""
+    return lambda t, x: model(x, jnp.full((x.shape[0],), t))
+
+
+def sample(model, key: jax.Array, n: int, shape=(8, 8, 1), **solver_kwargs):
+    """``n`` samples (unclipped) and the velocity evaluations used: noise at t=0 to t=1."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    x0 = jax.random.normal(key, (n, *shape))
+    return ode_solve(velocity_field(model), x0, t0=0.0, t1=1.0, **solver_kwargs)
+
+
+def encode(model, x1: jax.Array, **solver_kwargs):
+    """Data to noise: the learned ODE integrated backwards from t=1 to t=0."""
+    return ode_solve(velocity_field(model), x1, t0=1.0, t1=0.0, **solver_kwargs)
+
+
+def decode(model, x0: jax.Array, **solver_kwargs):
+    """Noise to data: the learned ODE integrated from t=0 to t=1."""
+    return ode_solve(velocity_field(model), x0, t0=0.0, t1=1.0, **solver_kwargs)
+
+
+def make_model_and_optimizer(cfg, *, seed: int = 0):
+    """The chapter's U-Net, its EMA copy and an AdamW optimiser with warm-up, cosine decay
+    and gradient clipping."""
+    model = nets.UNet(1, cfg["channels"], rngs=nnx.Rngs(seed))
+    ema = nnx.clone(model)
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(train.warmup_cosine(cfg["peak_lr"], cfg["steps"], cfg["warmup"]),
+                    weight_decay=1e-4),
+    )
+    return model, ema, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def pick_recipe(choice: str | None = None) -> _config.Config:
+    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
+    return _config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)

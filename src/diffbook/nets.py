@@ -1,0 +1,168 @@
+"""Networks shared by the chapters: a time embedding and a small U-Net in Flax NNX.
+
+Everything trainable is an attribute of an ``nnx.Module`` (or inside an
+``nnx.List``) so that NNX sees it.  Parameters captured in a Python closure or a
+plain list are invisible to ``nnx.state`` and therefore never trained -- a trap
+that ``tests/test_nets.py`` guards against by checking that every parameter
+receives a gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, *, max_period: float = 10_000.0,
+                         scale: float = 1000.0) -> jax.Array:
+    """Sine/cosine features of a scalar time per example, shape ``(B,)`` -> ``(B, dim)``.
+
+    ``t`` is multiplied by ``scale`` first, so times in ``[0, 1]`` cover the
+    same frequencies as integer timesteps ``0..1000`` would.
+    """
+    if dim % 2 or dim < 2:
+        raise ValueError(f"dim must be a positive even number, got {dim}")
+    t = jnp.asarray(t, jnp.float32)
+    if t.ndim != 1:
+        raise ValueError(f"t must have shape (batch,), got {t.shape}")
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = scale * t[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class TimeEmbedding(nnx.Module):
+    """Sinusoidal features of ``t`` followed by a two-layer MLP."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.dim = dim
+        self.fc1 = nnx.Linear(dim, dim, rngs=rngs)
+        self.fc2 = nnx.Linear(dim, dim, rngs=rngs)
+
+    def __call__(self, t: jax.Array) -> jax.Array:
+        return self.fc2(nnx.silu(self.fc1(sinusoidal_embedding(t, self.dim))))
+
+
+def _groups(channels: int) -> int:
+    """The largest group count <= 8 that divides ``channels``."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+class ResBlock(nnx.Module):
+    """Two 3x3 convolutions with a residual connection, modulated by the time embedding.
+
+    The embedding sets a per-channel scale and shift after the first
+    normalisation (FiLM), which conditions the block far more strongly than
+    adding a bias would.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, *, rngs: nnx.Rngs):
+        self.norm1 = nnx.GroupNorm(in_ch, num_groups=_groups(in_ch), rngs=rngs)
+        self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), rngs=rngs)
+        self.film = nnx.Linear(emb_dim, 2 * out_ch, rngs=rngs)
+        self.norm2 = nnx.GroupNorm(out_ch, num_groups=_groups(out_ch), rngs=rngs)
+        self.conv2 = nnx.Conv(out_ch, out_ch, (3, 3), rngs=rngs)
+        self.skip = nnx.Conv(in_ch, out_ch, (1, 1), rngs=rngs) if in_ch != out_ch else None
+
+    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+        h = self.conv1(nnx.silu(self.norm1(x)))
+        scale, shift = jnp.split(self.film(nnx.silu(emb))[:, None, None, :], 2, axis=-1)
+        h = self.norm2(h) * (1.0 + scale) + shift
+        h = self.conv2(nnx.silu(h))
+        return h + (x if self.skip is None else self.skip(x))
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention over the pixels of a feature map, with a residual."""
+
+    def __init__(self, channels: int, *, num_heads: int = 4, rngs: nnx.Rngs):
+        self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads=num_heads, in_features=channels,
+                                           decode=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        tokens = self.norm(x).reshape(b, h * w, c)
+        return x + self.attn(tokens).reshape(b, h, w, c)
+
+
+class UNet(nnx.Module):
+    """A time-conditioned U-Net for small images, ``(B, H, W, C), (B,) -> (B, H, W, C)``.
+
+    Args:
+      in_channels: channels of the image (1 for digits, 3 for colour).
+      channels: width of each resolution level; every level after the first
+        halves the resolution, so H and W must divide by ``2 ** (len(channels) - 1)``.
+      emb_dim: width of the time embedding.
+      attention: self-attention at the lowest resolution (cheap there).
+      out_channels: defaults to ``in_channels``.
+      rngs: ``nnx.Rngs`` for the initial parameters.
+
+    The output layer starts at zero, so an untrained model predicts zeros.
+    """
+
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64), *,
+                 emb_dim: int = 64, attention: bool = True, out_channels: int | None = None,
+                 rngs: nnx.Rngs):
+        channels = tuple(int(c) for c in channels)
+        if not channels or min(channels) < 1:
+            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        out_channels = in_channels if out_channels is None else out_channels
+        self.in_channels = in_channels
+        self.levels = len(channels)
+        self.time = TimeEmbedding(emb_dim, rngs=rngs)
+        self.stem = nnx.Conv(in_channels, channels[0], (3, 3), rngs=rngs)
+        # Encoder: one ResBlock per level; a strided conv between levels.
+        self.down = nnx.List([
+            ResBlock(channels[max(i - 1, 0)], c, emb_dim, rngs=rngs) for i, c in enumerate(channels)
+        ])
+        self.pool = nnx.List([
+            nnx.Conv(c, c, (3, 3), strides=(2, 2), rngs=rngs) for c in channels[:-1]
+        ])
+        self.mid = ResBlock(channels[-1], channels[-1], emb_dim, rngs=rngs)
+        self.attn = SelfAttention(channels[-1], rngs=rngs) if attention else None
+        # Decoder: concatenates the encoder's feature map of the same level.
+        self.up = nnx.List([
+            ResBlock(channels[i] + (channels[i + 1] if i + 1 < len(channels) else channels[i]),
+                     channels[i], emb_dim, rngs=rngs)
+            for i in reversed(range(len(channels)))
+        ])
+        self.out_norm = nnx.GroupNorm(channels[0], num_groups=_groups(channels[0]), rngs=rngs)
+        self.out = nnx.Conv(channels[0], out_channels, (3, 3), kernel_init=nnx.initializers.zeros,
+                            rngs=rngs)
+
+    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, H, W, {self.in_channels}), got {x.shape}")
+        factor = 2 ** (self.levels - 1)
+        if x.shape[1] % factor or x.shape[2] % factor:
+            raise ValueError(f"x's height and width must divide by {factor}, got {x.shape[1:3]}")
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+        emb = self.time(t)
+        h = self.stem(x)
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h, emb)
+            skips.append(h)
+            if i < len(self.pool):
+                h = self.pool[i](h)
+        h = self.mid(h, emb)
+        if self.attn is not None:
+            h = self.attn(h)
+        for block in self.up:
+            skip = skips.pop()
+            if h.shape[1] != skip.shape[1]:
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour upsampling
+            h = block(jnp.concatenate([h, skip], axis=-1), emb)
+        return self.out(nnx.silu(self.out_norm(h)))
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable scalars in ``model``."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

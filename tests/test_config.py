@@ -1,0 +1,29 @@
+import pytest
+
+from diffbook import config
+
+
+def test_pick_follows_backend_and_override(monkeypatch):
+    monkeypatch.delenv("DIFFBOOK_CONFIG", raising=False)
+    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2})
+    assert cfg.name == config.default_choice() == "cpu" and cfg.n == 1
+    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="accelerator").n == 2
+    monkeypatch.setenv("DIFFBOOK_CONFIG", "accelerator")
+    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}).name == "accelerator"
+    assert "cpu device" in config.describe(cfg)
+
+
+def test_pick_rejects_bad_settings():
+    with pytest.raises(ValueError, match="same keys"):
+        config.pick(cpu={"n": 1}, accelerator={"m": 2})
+    with pytest.raises(ValueError, match="choice"):
+        config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="tpu")
+
+
+def test_replace_and_missing_keys():
+    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    assert cfg.replace(n=5).n == 5 and cfg.n == 1
+    with pytest.raises(KeyError):
+        cfg.replace(m=1)
+    with pytest.raises(AttributeError, match="no setting 'm'"):
+        cfg.m

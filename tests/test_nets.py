@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from diffbook import nets
+
+
+def _randomise_output_layer(model, seed=1):
+    # The output convolution starts at zero, which blocks every gradient behind
+    # it; give it random weights so each parameter's gradient can be seen.
+    kernel = model.out.kernel
+    kernel.value = 0.1 * jax.random.normal(jax.random.key(seed), kernel.value.shape)
+
+
+@pytest.mark.parametrize("channels, attention", [((8, 16), True), ((8, 16, 16), False)])
+def test_every_parameter_gets_a_gradient(channels, attention):
+    model = nets.UNet(1, channels, emb_dim=16, attention=attention, rngs=nnx.Rngs(0))
+    _randomise_output_layer(model)
+    x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+    t = jnp.linspace(0.1, 0.9, 4)
+    grads = nnx.grad(lambda m: jnp.sum(m(x, t) ** 2))(model)
+    flat = jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]
+    assert len(flat) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
+    dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g) != 0)]
+    assert not dead, f"parameters without gradient: {dead}"
+
+
+def test_closure_held_layers_are_invisible_to_nnx():
+    # The trap the test above guards against: a layer captured by a closure is
+    # not part of the module's state, so an optimiser never sees it.
+    class Hidden(nnx.Module):
+        def __init__(self, rngs):
+            layer = nnx.Linear(2, 2, rngs=rngs)
+            self.apply = lambda x: layer(x)
+            self.visible = nnx.Linear(2, 2, rngs=rngs)
+
+    model = Hidden(nnx.Rngs(0))
+    assert nets.count_params(model) == 6  # only `visible`: 2*2 weights + 2 biases
+
+
+def test_unet_shapes_zero_init_and_time_dependence():
+    model = nets.UNet(3, (8, 16), emb_dim=16, rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 16, 16, 3))
+    out = model(x, jnp.array([0.1, 0.9]))
+    assert out.shape == x.shape and float(jnp.abs(out).max()) == 0.0
+    _randomise_output_layer(model)
+    a, b = model(x, jnp.array([0.1, 0.1])), model(x, jnp.array([0.9, 0.9]))
+    assert float(jnp.abs(a - b).max()) > 1e-4
+    assert model(x, 0.5).shape == x.shape  # a scalar time is broadcast
+
+
+def test_unet_rejects_bad_input():
+    model = nets.UNet(1, (8, 16), emb_dim=16, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="x must have shape"):
+        model(jnp.ones((2, 8, 8, 3)), jnp.zeros(2))
+    with pytest.raises(ValueError, match="divide by 2"):
+        model(jnp.ones((2, 7, 7, 1)), jnp.zeros(2))
+    with pytest.raises(ValueError, match="channels"):
+        nets.UNet(1, (), rngs=nnx.Rngs(0))
+
+
+def test_sinusoidal_embedding():
+    emb = nets.sinusoidal_embedding(jnp.array([0.0, 0.5]), 8)
+    assert emb.shape == (2, 8)
+    np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1], atol=1e-7)
+    with pytest.raises(ValueError, match="dim"):
+        nets.sinusoidal_embedding(jnp.zeros(2), 7)
+    with pytest.raises(ValueError, match="t must have shape"):
+        nets.sinusoidal_embedding(jnp.zeros((2, 2)), 8)

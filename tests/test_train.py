@@ -1,0 +1,122 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from diffbook import train
+
+
+class Regressor(nnx.Module):
+    def __init__(self, rngs):
+        self.linear = nnx.Linear(3, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear(x)
+
+
+def mse(model, batch, key):
+    x, y = batch
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def regression_data(n=256):
+    x = np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32)
+    return x, x @ np.array([[1.0], [-2.0], [0.5]], np.float32)
+
+
+def test_fit_learns_and_tracks_an_ema():
+    model = Regressor(nnx.Rngs(0))
+    ema = nnx.clone(model)  # shares arrays with `model` at first: fit must cope
+    opt = nnx.Optimizer(model, optax.adam(0.05), wrt=nnx.Param)
+    history = train.fit(model, opt, mse, regression_data(), steps=300, batch_size=32,
+                        key=jax.random.key(0), ema=ema, ema_decay=0.9, check_every=7)
+    assert history.loss.shape == (300,)
+    assert history.loss[-20:].mean() < 1e-3 * history.loss[:5].mean()
+    np.testing.assert_allclose(model.linear.kernel.value[:, 0], [1.0, -2.0, 0.5], atol=1e-2)
+    np.testing.assert_allclose(ema.linear.kernel.value, model.linear.kernel.value, atol=1e-2)
+    assert history.compile_s > 0 and history.train_s > 0
+
+
+def test_nan_loss_stops_training_with_the_step():
+    x, y = regression_data()
+    y[5:] = np.nan
+    model = Regressor(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step \d+"):
+        train.fit(model, opt, mse, (x, y), steps=50, batch_size=64, key=jax.random.key(0))
+
+
+def test_bad_arguments():
+    model = Regressor(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    data = regression_data()
+    for kwargs, match in [(dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"),
+                          (dict(ema_decay=1.0), "ema_decay"), (dict(check_every=0), "check_every")]:
+        args = dict(steps=5, batch_size=8, key=jax.random.key(0)) | kwargs
+        with pytest.raises(ValueError, match=match):
+            train.fit(model, opt, mse, data, **args)
+    with pytest.raises(ValueError, match="leading size"):
+        train.fit(model, opt, mse, (data[0], data[1][:10]), steps=5, batch_size=8,
+                  key=jax.random.key(0))
+    with pytest.raises(ValueError, match="warmup"):
+        train.warmup_cosine(1e-3, 10, 10)
+
+
+def test_batches_are_rounded_up_to_the_device_count():
+    mesh = train.data_mesh()
+    n = mesh.devices.size
+    assert train.global_batch_size(1, mesh) == n
+    assert train.global_batch_size(n * 3, mesh) == n * 3
+
+
+# The same training run on 1 and on 8 (virtual CPU) devices, each in a fresh
+# process because the device count is fixed when JAX starts.
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from flax import nnx
+    from diffbook import data, flow, nets, train
+
+    images, _ = data.load_digits(2)
+    model = nets.UNet(1, (8, 16), emb_dim=16, rngs=nnx.Rngs(0))
+    model.out.kernel.value = 0.05 * jax.random.normal(jax.random.key(1), model.out.kernel.value.shape)
+    opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    batch = int(sys.argv[1])
+    mesh = train.data_mesh()
+    history = train.fit(model, opt, flow.cfm_loss, images, steps=3, batch_size=batch,
+                        key=jax.random.key(0), mesh=mesh)
+    # The parameters really are replicated and the step ran on every device.
+    kernel = model.stem.kernel.value
+    leaves = [np.asarray(p).ravel() for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    print(json.dumps({"devices": jax.device_count(), "batch": history.batch_size,
+                      "replicated": kernel.sharding.is_fully_replicated,
+                      "on_devices": len(kernel.sharding.device_set),
+                      "loss": history.loss.tolist(),
+                      "params": np.concatenate(leaves).tolist()}))
+""")
+
+
+def _run(devices: int, batch: int) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(batch)], env=env, check=True,
+                         capture_output=True, text=True, timeout=600)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_eight_devices_match_one_device():
+    one, eight = _run(1, 32), _run(8, 32)
+    assert (one["devices"], eight["devices"]) == (1, 8)
+    assert eight["replicated"] and eight["on_devices"] == 8
+    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=1e-5)
+    np.testing.assert_allclose(eight["params"], one["params"], atol=1e-5)
+    # A batch that does not divide by 8 is rounded up, not a crash.
+    assert _run(8, 12)["batch"] == 16
