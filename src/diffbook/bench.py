@@ -29,6 +29,8 @@ def bench_flow_matching(args) -> dict:
     from . import data, flow, metrics, nets, train
 
     cfg = flow.pick_recipe(args.config)
+    if args.train_steps:
+        cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
     images, _ = data.load_digits(cfg.digit)
     model, ema, optimizer = flow.make_model_and_optimizer(cfg, seed=args.seed)
     history = train.fit(model, optimizer, flow.cfm_loss, images, steps=cfg.steps,
@@ -60,23 +62,35 @@ def bench_flow_matching(args) -> dict:
     }
 
 
-BENCHMARKS = {"flow_matching": bench_flow_matching}
+def _flow_matching_options(parser):
+    parser.add_argument("--num-samples", type=int, default=256)
+
+
+#: chapter -> (benchmark function, function adding the chapter's own options)
+BENCHMARKS = {"flow_matching": (bench_flow_matching, _flow_matching_options)}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffbook.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("chapter", choices=sorted(BENCHMARKS))
-    parser.add_argument("--samples", metavar="PATH.npy", help="save the samples here")
-    parser.add_argument("--num-samples", type=int, default=256)
-    parser.add_argument("--config", choices=["cpu", "accelerator"],
-                        help="recipe to run (default: chosen by the device)")
-    parser.add_argument("--seed", type=int, default=0)
+    chapters = parser.add_subparsers(dest="chapter", required=True, metavar="CHAPTER",
+                                     help=", ".join(sorted(BENCHMARKS)))
+    for name, (_, add_options) in sorted(BENCHMARKS.items()):
+        sub = chapters.add_parser(name)
+        sub.add_argument("--samples", metavar="PATH", help="save the samples here")
+        sub.add_argument("--config", choices=["cpu", "accelerator"],
+                         help="recipe to run (default: chosen by the device)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--train-steps", type=int,
+                         help="override the recipe's training steps (for quick checks)")
+        add_options(sub)
     args = parser.parse_args(argv)
-    if args.num_samples < 1:
+    if getattr(args, "num_samples", 1) < 1:
         parser.error("--num-samples must be positive")
+    if args.train_steps is not None and args.train_steps < 2:
+        parser.error("--train-steps must be at least 2")
     os.environ.setdefault("DIFFBOOK_PROGRESS", "0")
-    result = BENCHMARKS[args.chapter](args)
+    result = BENCHMARKS[args.chapter][0](args)
     print(json.dumps(result), flush=True)
     return 0
 

@@ -1,0 +1,28 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+
+def test_flow_matching_bench_prints_json_and_saves_samples(tmp_path):
+    path = tmp_path / "samples.npy"
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "flow_matching", "--train-steps", "20",
+                          "--num-samples", "100", "--samples", str(path)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("compile_s", "train_s", "sample_s", "steps", "params", "nfe", "recognised",
+                "recognised_ref", "fd", "fd_ref", "copies"):
+        assert key in result, key
+    assert result["steps"] == 20 and result["config"] == "cpu" and result["nfe"] > 0
+    samples = np.load(path)
+    assert samples.shape == (100, 8, 8, 1) and samples.dtype == np.float32
+    assert samples.min() >= -1.0 and samples.max() <= 1.0
+
+
+def test_bench_rejects_unknown_chapters():
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "no_such_chapter"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "invalid choice" in out.stderr
