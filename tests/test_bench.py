@@ -26,3 +26,16 @@ def test_bench_rejects_unknown_chapters():
     out = subprocess.run([sys.executable, "-m", "diffbook.bench", "no_such_chapter"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_ddpm_bench_with_ddim(tmp_path):
+    path = tmp_path / "samples.npy"
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "ddpm", "--train-steps", "20",
+                          "--sampler", "ddim", "--steps", "5", "--num-samples", "96",
+                          "--samples", str(path)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["sampler"] == "ddim" and result["sample_steps"] == 5 and result["nfe"] == 5
+    assert result["digit"] == 2 and "fd_ratio" in result and "train_s" in result
+    samples = np.load(path)
+    assert samples.shape == (96, 8, 8, 1) and -1.0 <= samples.min() <= samples.max() <= 1.0

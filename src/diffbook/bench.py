@@ -23,26 +23,23 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def bench_flow_matching(args) -> dict:
-    from flax import nnx
+def _train_digit_unet(cfg, loss_fn, args):
+    """Train a chapter's digit U-Net recipe; returns (model, ema, history)."""
+    from . import data, train
 
-    from . import data, flow, metrics, nets, train
-
-    cfg = flow.pick_recipe(args.config)
     if args.train_steps:
         cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
     images, _ = data.load_digits(cfg.digit)
-    model, ema, optimizer = flow.make_model_and_optimizer(cfg, seed=args.seed)
-    history = train.fit(model, optimizer, flow.cfm_loss, images, steps=cfg.steps,
+    model, ema, optimizer = train.setup_unet(cfg, seed=args.seed)
+    history = train.fit(model, optimizer, loss_fn, images, steps=cfg.steps,
                         batch_size=cfg.batch_size, key=jax.random.key(args.seed), ema=ema,
                         ema_decay=cfg.ema_decay, progress=False)
+    return model, ema, history
 
-    graphdef, state = nnx.split(ema)
 
-    @jax.jit
-    def draw(state, key):
-        return flow.sample(nnx.merge(graphdef, state), key, args.num_samples,
-                           rtol=cfg.rtol, atol=cfg.atol)
+def _sample_and_report(chapter, cfg, model, history, draw, state, args, **extra) -> dict:
+    """Time ``draw(state, key) -> (samples, nfe)`` (compiled first), save and measure the samples."""
+    from . import metrics, nets
 
     _, sample_compile_s = _timed(draw, state, jax.random.key(args.seed + 1))
     (samples, nfe), sample_s = _timed(draw, state, jax.random.key(args.seed + 2))
@@ -51,23 +48,76 @@ def bench_flow_matching(args) -> dict:
         np.save(args.samples, samples)
     quality = metrics.digit_quality(samples, cfg.digit)
     return {
-        "chapter": "flow_matching", "config": cfg.name, "backend": jax.default_backend(),
+        "chapter": chapter, "config": cfg.name, "backend": jax.default_backend(),
         "devices": jax.device_count(), "params": nets.count_params(model),
-        "steps": cfg.steps, "batch_size": history.batch_size,
+        "steps": history.steps, "batch_size": history.batch_size,
         "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
-        "final_loss": round(float(history.loss[-50:].mean()), 4),
+        "final_loss": round(float(history.loss[-50:].mean()), 4), **extra,
         "num_samples": int(len(samples)), "nfe": int(nfe),
         "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in quality.items()},
     }
 
 
+def bench_flow_matching(args) -> dict:
+    from flax import nnx
+
+    from . import flow
+
+    cfg = flow.pick_recipe(args.config)
+    model, ema, history = _train_digit_unet(cfg, flow.cfm_loss, args)
+    graphdef, state = nnx.split(ema)
+
+    @jax.jit
+    def draw(state, key):
+        return flow.sample(nnx.merge(graphdef, state), key, args.num_samples,
+                           rtol=cfg.rtol, atol=cfg.atol)
+
+    return _sample_and_report("flow_matching", cfg, model, history, draw, state, args)
+
+
+def bench_ddpm(args) -> dict:
+    from flax import nnx
+
+    from . import ddpm, samplers
+    from .schedules import NoiseSchedule
+
+    cfg = ddpm.pick_recipe(args.config)
+    schedule = NoiseSchedule.cosine(cfg.num_timesteps)
+    model, ema, history = _train_digit_unet(
+        cfg, lambda m, x, k: ddpm.eps_loss(schedule, m, x, k), args)
+    graphdef, state = nnx.split(ema)
+    shape = (args.num_samples, 8, 8, 1)
+    steps = args.steps or (cfg.num_timesteps if args.sampler == "ddpm" else 50)
+
+    @jax.jit
+    def draw(state, key):
+        fn = ddpm.as_model_fn(nnx.merge(graphdef, state), schedule)
+        if args.sampler == "ddpm":
+            return samplers.ddpm_sample(schedule, fn, key, shape), schedule.num_steps
+        k_init, k_noise = jax.random.split(key)
+        x_T = jax.random.normal(k_init, shape)
+        return samplers.ddim_sample(schedule, fn, x_T, steps=steps, eta=args.eta, key=k_noise), steps
+
+    return _sample_and_report("ddpm", cfg, model, history, draw, state, args,
+                              sampler=args.sampler, sample_steps=steps)
+
+
 def _flow_matching_options(parser):
     parser.add_argument("--num-samples", type=int, default=256)
 
 
+def _ddpm_options(parser):
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    parser.add_argument("--steps", type=int,
+                        help="sampling steps (ddpm: must equal the schedule's 1000; ddim: default 50)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
+
+
 #: chapter -> (benchmark function, function adding the chapter's own options)
-BENCHMARKS = {"flow_matching": (bench_flow_matching, _flow_matching_options)}
+BENCHMARKS = {"flow_matching": (bench_flow_matching, _flow_matching_options),
+              "ddpm": (bench_ddpm, _ddpm_options)}
 
 
 def main(argv=None) -> int:
@@ -89,6 +139,10 @@ def main(argv=None) -> int:
         parser.error("--num-samples must be positive")
     if args.train_steps is not None and args.train_steps < 2:
         parser.error("--train-steps must be at least 2")
+    if getattr(args, "sampler", None) == "ddpm" and args.steps not in (None, 1000):
+        parser.error("the ddpm sampler visits every timestep: use --sampler ddim for fewer steps")
+    if getattr(args, "steps", None) is not None and not 1 <= args.steps <= 1000:
+        parser.error("--steps must be in 1..1000")
     os.environ.setdefault("DIFFBOOK_PROGRESS", "0")
     result = BENCHMARKS[args.chapter][0](args)
     print(json.dumps(result), flush=True)

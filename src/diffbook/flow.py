@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import nnx
 
 from . import config as _config
-from . import nets, train
 from .samplers import ode_solve
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
@@ -74,18 +71,6 @@ def decode(model, x0: jax.Array, **solver_kwargs):
     """Noise to data: the learned ODE integrated from t=0 to t=1."""
     return ode_solve(velocity_field(model), x0, t0=0.0, t1=1.0, **solver_kwargs)
 
-
-def make_model_and_optimizer(cfg, *, seed: int = 0):
-    """The chapter's U-Net, its EMA copy and an AdamW optimiser with warm-up, cosine decay
-    and gradient clipping."""
-    model = nets.UNet(1, cfg["channels"], rngs=nnx.Rngs(seed))
-    ema = nnx.clone(model)
-    tx = optax.chain(
-        optax.clip_by_global_norm(1.0),
-        optax.adamw(train.warmup_cosine(cfg["peak_lr"], cfg["steps"], cfg["warmup"]),
-                    weight_decay=1e-4),
-    )
-    return model, ema, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
 def pick_recipe(choice: str | None = None) -> _config.Config:

@@ -67,6 +67,30 @@ def warmup_cosine(peak_lr: float, steps: int, warmup: int, *, final_fraction: fl
                                               end_value=final_fraction * peak_lr)
 
 
+def adamw_with_ema(model: nnx.Module, *, peak_lr: float, steps: int, warmup: int,
+                   clip: float = 1.0, weight_decay: float = 1e-4):
+    """The book's usual optimiser for ``model``: AdamW with :func:`warmup_cosine` and
+    gradient clipping to global norm ``clip``; plus a copy of the model to hold
+    the moving average of its weights.  Returns ``(ema, optimizer)``."""
+    if not clip > 0:
+        raise ValueError(f"clip must be positive, got {clip}")
+    tx = optax.chain(optax.clip_by_global_norm(clip),
+                     optax.adamw(warmup_cosine(peak_lr, steps, warmup), weight_decay=weight_decay))
+    return nnx.clone(model), nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+def setup_unet(cfg, *, in_channels: int = 1, seed: int = 0):
+    """A :class:`diffbook.nets.UNet` of widths ``cfg["channels"]`` with its EMA copy and
+    :func:`adamw_with_ema` optimiser from ``cfg``'s ``peak_lr``, ``steps`` and ``warmup``.
+    Returns ``(model, ema, optimizer)``."""
+    from .nets import UNet
+
+    model = UNet(in_channels, cfg["channels"], rngs=nnx.Rngs(seed))
+    ema, optimizer = adamw_with_ema(model, peak_lr=cfg["peak_lr"], steps=cfg["steps"],
+                                    warmup=cfg["warmup"])
+    return model, ema, optimizer
+
+
 def progress_enabled() -> bool:
     """Progress bars are on unless ``DIFFBOOK_PROGRESS=0`` (set when notebooks are
     executed for the book and by the tests, so stored outputs stay clean)."""

@@ -1,0 +1,151 @@
+"""Noise schedules of discrete-time diffusion models (DDPM) and the conversions between
+what a network can predict.
+
+Conventions (those of Ho et al. 2020 and of diffusers' schedulers): timesteps are
+integers ``t = 0 .. T-1``; ``betas[t]`` is the variance added by step ``t``,
+``alpha_bars[t] = prod_{s <= t} (1 - betas[s])``, and the noised sample is
+
+    x_t = sqrt(alpha_bars[t]) * x0 + sqrt(1 - alpha_bars[t]) * eps,   eps ~ N(0, I).
+
+A network may predict ``eps`` ("epsilon"), the clean image ``x0`` ("x0"), or the
+velocity ``v = sqrt(alpha_bar) * eps - sqrt(1 - alpha_bar) * x0`` ("v",
+Salimans & Ho 2022).  ``to_x0_eps`` turns any of them into the pair (x0, eps).
+
+One :class:`NoiseSchedule` object serves training and sampling alike, so the two
+can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PREDICTIONS = ("epsilon", "x0", "v")
+
+
+def _check_steps(num_steps) -> int:
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
+    return int(num_steps)
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A discrete noise schedule; build one with :meth:`linear`, :meth:`cosine` or
+    :meth:`from_betas`.
+
+    Attributes are float32 arrays of length ``num_steps``: ``betas``, ``alphas``
+    (= 1 - betas), ``alpha_bars`` and ``alpha_bars_prev`` (``alpha_bars`` shifted
+    right, with 1 at ``t = 0``).
+    """
+
+    betas: jax.Array
+    name: str = "custom"
+
+    def __post_init__(self):
+        betas = np.asarray(self.betas, np.float64)
+        if betas.ndim != 1 or betas.size < 1:
+            raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
+        if not np.all((betas > 0) & (betas < 1)):
+            raise ValueError(f"betas must lie in (0, 1), got values in [{betas.min()}, {betas.max()}]")
+        alpha_bars = np.cumprod(1.0 - betas)
+        object.__setattr__(self, "betas", jnp.asarray(betas, jnp.float32))
+        object.__setattr__(self, "alphas", jnp.asarray(1.0 - betas, jnp.float32))
+        object.__setattr__(self, "alpha_bars", jnp.asarray(alpha_bars, jnp.float32))
+        object.__setattr__(self, "alpha_bars_prev",
+                           jnp.asarray(np.concatenate([[1.0], alpha_bars[:-1]]), jnp.float32))
+
+    # ----------------------------------------------------------------- builders
+    @classmethod
+    def from_betas(cls, betas, name: str = "custom") -> "NoiseSchedule":
+        return cls(betas=betas, name=name)
+
+    @classmethod
+    def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4,
+               beta_end: float = 0.02) -> "NoiseSchedule":
+        """Betas rising linearly from ``beta_start`` to ``beta_end`` (Ho et al. 2020)."""
+        num_steps = _check_steps(num_steps)
+        if not 0 < beta_start <= beta_end < 1:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
+        return cls(np.linspace(beta_start, beta_end, num_steps), name="linear")
+
+    @classmethod
+    def cosine(cls, num_steps: int = 1000, s: float = 0.008,
+               max_beta: float = 0.999) -> "NoiseSchedule":
+        """The cosine schedule of Nichol & Dhariwal (2021).
+
+        ``alpha_bar(u) = cos^2((u + s) / (1 + s) * pi / 2)`` for ``u = t / T``; the
+        betas follow from ratios of consecutive ``alpha_bar`` and are capped at
+        ``max_beta`` only to avoid a singularity at the very end.  (Clipping them
+        to a small range such as [1e-4, 0.02] would destroy the schedule.)
+        """
+        num_steps = _check_steps(num_steps)
+        if not s > 0:
+            raise ValueError(f"s must be positive, got {s}")
+        if not 0 < max_beta < 1:
+            raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
+        u = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+        f = np.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+        betas = np.minimum(1.0 - f[1:] / f[:-1], max_beta)
+        return cls(betas, name="cosine")
+
+    # ---------------------------------------------------------------- accessors
+    @property
+    def num_steps(self) -> int:
+        return int(self.betas.shape[0])
+
+    def _at(self, values: jax.Array, t, ndim: int) -> jax.Array:
+        """values[t] shaped to broadcast against an array of rank ``ndim``."""
+        t = jnp.asarray(t)
+        if not jnp.issubdtype(t.dtype, jnp.integer):
+            raise TypeError(f"t must be integer timesteps, got dtype {t.dtype}")
+        if not isinstance(t, jax.core.Tracer):
+            if np.any((np.asarray(t) < 0) | (np.asarray(t) >= self.num_steps)):
+                raise ValueError(f"t must lie in 0..{self.num_steps - 1}, got {np.asarray(t)}")
+        out = values[t]
+        return out.reshape(out.shape + (1,) * (ndim - out.ndim))
+
+    def snr(self, t=None) -> jax.Array:
+        """Signal-to-noise ratio ``alpha_bar / (1 - alpha_bar)`` (all steps if ``t`` is None)."""
+        ab = self.alpha_bars if t is None else self._at(self.alpha_bars, t, jnp.ndim(t))
+        return ab / (1.0 - ab)
+
+    # --------------------------------------------------- forward process, targets
+    def add_noise(self, x0: jax.Array, noise: jax.Array, t) -> jax.Array:
+        """Sample of q(x_t | x0): ``sqrt(ab_t) x0 + sqrt(1 - ab_t) noise``; ``t`` has shape (B,)."""
+        ab = self._at(self.alpha_bars, t, x0.ndim)
+        return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * noise
+
+    def velocity(self, x0: jax.Array, noise: jax.Array, t) -> jax.Array:
+        """The v-prediction target ``sqrt(ab_t) noise - sqrt(1 - ab_t) x0``."""
+        ab = self._at(self.alpha_bars, t, x0.ndim)
+        return jnp.sqrt(ab) * noise - jnp.sqrt(1.0 - ab) * x0
+
+    def to_x0_eps(self, model_output: jax.Array, x_t: jax.Array, t,
+                  prediction: str = "epsilon") -> tuple[jax.Array, jax.Array]:
+        """Turn a network's output (of kind ``prediction``) at ``(x_t, t)`` into ``(x0, eps)``."""
+        ab = self._at(self.alpha_bars, t, x_t.ndim)
+        a, s = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+        if prediction == "epsilon":
+            eps = model_output
+            return (x_t - s * eps) / a, eps
+        if prediction == "x0":
+            x0 = model_output
+            return x0, (x_t - a * x0) / s
+        if prediction == "v":
+            v = model_output
+            return a * x_t - s * v, s * x_t + a * v
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+    def posterior(self, x0: jax.Array, x_t: jax.Array, t) -> tuple[jax.Array, jax.Array]:
+        """Mean and variance of q(x_{t-1} | x_t, x0); at ``t = 0`` the variance is 0."""
+        nd = x_t.ndim
+        beta, alpha = self._at(self.betas, t, nd), self._at(self.alphas, t, nd)
+        ab, ab_prev = self._at(self.alpha_bars, t, nd), self._at(self.alpha_bars_prev, t, nd)
+        mean = (jnp.sqrt(ab_prev) * beta * x0 + jnp.sqrt(alpha) * (1.0 - ab_prev) * x_t) / (1.0 - ab)
+        var = beta * (1.0 - ab_prev) / (1.0 - ab)
+        return mean, var
