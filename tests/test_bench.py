@@ -39,3 +39,27 @@ def test_ddpm_bench_with_ddim(tmp_path):
     assert result["digit"] == 2 and "fd_ratio" in result and "train_s" in result
     samples = np.load(path)
     assert samples.shape == (96, 8, 8, 1) and -1.0 <= samples.min() <= samples.max() <= 1.0
+
+
+def test_vae_bench_prints_json_and_saves_samples(tmp_path):
+    path = tmp_path / "vae_samples.npy"
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "vae", "--train-steps", "20",
+                          "--samples", str(path)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("compile_s", "train_s", "test_elbo", "params", "class_tv", "class_tv_ref",
+                "class_hist", "fd", "fd_ref", "fd_ratio", "copies", "nn_ratio"):
+        assert key in result, key
+    assert result["chapter"] == "vae" and result["steps"] == 20 and result["digit"] is None
+    assert result["test_elbo"] < 0
+    samples = np.load(path)
+    assert samples.shape == (1000, 8, 8, 1) and samples.dtype == np.float32
+    assert samples.min() >= -1.0 and samples.max() <= 1.0
+
+
+def test_vae_bench_needs_enough_samples():
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "vae", "--num-samples", "100"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "at least 899" in out.stderr

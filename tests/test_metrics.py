@@ -64,3 +64,35 @@ def test_format_quality_lists_reference_values():
     twos, _ = data.load_digits(2)
     text = metrics.format_quality(metrics.digit_quality(twos, 2))
     assert "real data" in text and "Fréchet" in text and "100.0%" in text
+
+
+def test_quality_of_all_digits_and_class_balance():
+    images, _ = data.load_digits()
+    real = metrics.digit_quality(images, None)
+    assert real["digit"] is None and "recognised" not in real
+    assert real["copies"] == 1.0 and real["nn_ratio"] == 0.0
+    assert real["class_tv"] < 0.1 and real["class_tv_ref"] < 0.1
+    assert len(real["class_hist"]) == 10 and abs(sum(real["class_hist"]) - 1.0) < 1e-3
+    # Only 2s: the classes are badly unbalanced (TV = 1 - 1/10) and the features are off.
+    twos, _ = data.load_digits(2)
+    only_twos = metrics.digit_quality(np.concatenate([twos] * 6), None)
+    assert only_twos["class_tv"] > 0.85
+    assert only_twos["fd_ratio"] > 5.0
+    assert "class imbalance" in metrics.format_quality(only_twos)
+
+
+def test_quality_of_all_digits_needs_enough_samples():
+    images, _ = data.load_digits()
+    with pytest.raises(ValueError, match="at least 899 images for all digits"):
+        metrics.digit_quality(images[:500], None)
+
+
+def test_total_variation_and_histogram():
+    assert metrics.total_variation([1, 0], [0, 1]) == 1.0
+    assert metrics.total_variation([0.5, 0.5], [0.5, 0.5]) == 0.0
+    np.testing.assert_allclose(metrics.class_histogram([0, 0, 9, 3]),
+                               [0.5, 0, 0, 0.25, 0, 0, 0, 0, 0, 0.25])
+    with pytest.raises(ValueError, match="p and q"):
+        metrics.total_variation([1, 0], [1, 0, 0])
+    with pytest.raises(ValueError, match="classes"):
+        metrics.class_histogram([])

@@ -21,6 +21,16 @@ is what a perfect generator would score, so a reader can tell "good" from
   generator that memorises its training set scores high here.  ``nn_ratio`` is the
   median nearest-real distance of samples over that of real images (leave-one-out):
   about 1 for fresh samples, near 0 for copies.
+
+With ``digit=None`` the samples are meant to cover all ten digits (a model trained
+on the whole data set).  The real reference set is then all 1,797 images, and
+"recognised" is replaced by **class_tv** -- the total-variation distance
+between the histogram of the classifier's predicted classes for a draw of
+samples and the histogram of true labels of half A of the real images.  Its
+reference ``class_tv_ref`` does the same for half B of the real images (each
+predicted by a cross-validated classifier), so both carry the same small-sample
+noise.  0 means perfectly balanced classes; a generator that drops a digit
+scores about 0.1 or more.
 """
 
 from __future__ import annotations
@@ -54,16 +64,42 @@ def _pca():
     return PCA(n_components=FEATURE_DIM, svd_solver="full").fit(_pixels01(images))
 
 
-@functools.lru_cache(maxsize=10)
-def _reference_recognition(digit: int) -> float:
-    """Cross-validated rate at which real images of ``digit`` are recognised."""
+@functools.lru_cache(maxsize=1)
+def _cross_validated_predictions() -> np.ndarray:
+    """The class of every real image, predicted by a classifier that did not train on it."""
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.svm import SVC
 
     images, labels = load_digits()
     pred = cross_val_predict(SVC(C=10.0, gamma=0.05), _pixels01(images), labels,
                              cv=StratifiedKFold(5, shuffle=True, random_state=0))
+    pred = pred.astype(np.int32)
+    pred.setflags(write=False)
+    return pred
+
+
+@functools.lru_cache(maxsize=10)
+def _reference_recognition(digit: int) -> float:
+    """Cross-validated rate at which real images of ``digit`` are recognised."""
+    _, labels = load_digits()
+    pred = _cross_validated_predictions()
     return float(np.mean(pred[labels == digit] == digit))
+
+
+def class_histogram(classes) -> np.ndarray:
+    """Fraction of each class 0-9 among ``classes`` (ints), shape ``(10,)``."""
+    classes = np.asarray(classes)
+    if classes.ndim != 1 or classes.size == 0:
+        raise ValueError(f"classes must be a non-empty 1-D array, got shape {classes.shape}")
+    return np.bincount(classes, minlength=10)[:10] / classes.size
+
+
+def total_variation(p, q) -> float:
+    """Total-variation distance ``0.5 * sum |p - q|`` between two histograms (0 to 1)."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    if p.shape != q.shape or p.ndim != 1:
+        raise ValueError(f"p and q must be 1-D histograms of the same length, got {p.shape} and {q.shape}")
+    return float(0.5 * np.abs(p - q).sum())
 
 
 def _pixels01(images: np.ndarray) -> np.ndarray:
@@ -73,7 +109,7 @@ def _pixels01(images: np.ndarray) -> np.ndarray:
 
 def _check_digit(digit) -> int:
     if isinstance(digit, bool) or not isinstance(digit, (int, np.integer)):
-        raise TypeError(f"digit must be an int in 0..9, got {digit!r}")
+        raise TypeError(f"digit must be an int in 0..9 or None, got {digit!r}")
     if not 0 <= digit <= 9:
         raise ValueError(f"digit must be in 0..9, got {digit}")
     return int(digit)
@@ -126,61 +162,83 @@ def nearest_distances(queries, references, *, exclude_self: bool = False) -> np.
     return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
 
 
-def digit_quality(samples, digit: int, *, repeats: int = 10, seed: int = 0) -> dict:
+def digit_quality(samples, digit: int | None, *, repeats: int = 10, seed: int = 0) -> dict:
     """All quality figures of generated digits, each next to its real-data reference.
 
     Args:
       samples: ``(N, 8, 8, 1)`` images in ``[-1, 1]`` (clip sampler output first);
-        N must be at least half the number of real images of ``digit`` (~90).
-      digit: the class the generator was trained on.
-      repeats: random half-splits to average the Fréchet figures over.
+        N must be at least half the number of real images of ``digit`` (~90), or
+        of all images (899) when ``digit`` is ``None``.
+      digit: the class the generator was trained on, or ``None`` for a generator
+        of all ten digits.
+      repeats: random half-splits to average the Fréchet (and class-balance)
+        figures over.
       seed: seed of those splits.
 
     Returns:
-      dict with ``recognised``/``recognised_ref``, ``fd``/``fd_ref``/``fd_ratio``,
-      ``copies``/``copies_ref`` and ``nn_ratio`` (see the module docstring).
+      dict with ``fd``/``fd_ref``/``fd_ratio``, ``copies``/``copies_ref`` and
+      ``nn_ratio``, plus ``recognised``/``recognised_ref`` for one digit, or
+      ``class_tv``/``class_tv_ref`` and ``class_hist`` (predicted-class fractions of
+      all samples) for ``digit=None`` (see the module docstring).
     """
-    digit = _check_digit(digit)
+    if digit is not None:
+        digit = _check_digit(digit)
     samples = check_images(samples, name="samples", shape=DIGIT_SHAPE)
     if not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
-    real, _ = load_digits(digit)
+    real, real_labels = load_digits(digit)
     n_half = len(real) // 2
     n_other = len(real) - n_half
     if len(samples) < n_other:
-        raise ValueError(f"samples needs at least {n_other} images for digit {digit}, got {len(samples)}")
+        which = "all digits" if digit is None else f"digit {digit}"
+        raise ValueError(f"samples needs at least {n_other} images for {which}, got {len(samples)}")
 
     rng = np.random.default_rng(seed)
     real_f, samp_f = digit_features(real), digit_features(samples)
-    fd, fd_ref = [], []
+    samp_classes = classify_digits(samples)
+    real_classes = _cross_validated_predictions() if digit is None else None
+    fd, fd_ref, tv, tv_ref = [], [], [], []
     for _ in range(repeats):
         perm = rng.permutation(len(real))
-        half_a, half_b = real_f[perm[:n_half]], real_f[perm[n_half:]]
-        draw = samp_f[rng.choice(len(samples), size=n_other, replace=False)]
-        fd_ref.append(frechet_distance(half_b, half_a))
-        fd.append(frechet_distance(draw, half_a))
+        a, b = perm[:n_half], perm[n_half:]
+        draw = rng.choice(len(samples), size=n_other, replace=False)
+        fd_ref.append(frechet_distance(real_f[b], real_f[a]))
+        fd.append(frechet_distance(samp_f[draw], real_f[a]))
+        if digit is None:
+            target = class_histogram(real_labels[a])
+            tv_ref.append(total_variation(class_histogram(real_classes[b]), target))
+            tv.append(total_variation(class_histogram(samp_classes[draw]), target))
 
     d_samples = nearest_distances(samples, real)
     d_real = nearest_distances(real, real, exclude_self=True)
     threshold = COPY_FRACTION * np.median(d_real)
-    return {
-        "digit": digit,
-        "n_samples": int(len(samples)),
-        "recognised": float(np.mean(classify_digits(samples) == digit)),
-        "recognised_ref": _reference_recognition(digit),
+    out = {"digit": digit, "n_samples": int(len(samples))}
+    if digit is None:
+        out.update(class_tv=float(np.mean(tv)), class_tv_ref=float(np.mean(tv_ref)),
+                   class_hist=[round(float(f), 4) for f in class_histogram(samp_classes)])
+    else:
+        out.update(recognised=float(np.mean(samp_classes == digit)),
+                   recognised_ref=_reference_recognition(digit))
+    out.update({
         "fd": float(np.mean(fd)),
         "fd_ref": float(np.mean(fd_ref)),
         "fd_ratio": float(np.mean(fd) / np.mean(fd_ref)),
         "copies": float(np.mean(d_samples < threshold)),
         "copies_ref": float(np.mean(d_real < threshold)),
         "nn_ratio": float(np.median(d_samples) / np.median(d_real)),
-    }
+    })
+    return out
 
 
 def format_quality(q: dict) -> str:
-    """A short table of :func:`digit_quality` figures, rounded so reruns print the same."""
+    """A short table of :func:`digit_quality` figures (for one digit or for ``digit=None``),
+    rounded so reruns print the same."""
+    if q.get("digit") is None:
+        first = ("class imbalance (TV distance)", f"{q['class_tv']:.3f}", f"{q['class_tv_ref']:.3f}")
+    else:
+        first = ("recognised as a %d" % q["digit"], f"{q['recognised']:.1%}", f"{q['recognised_ref']:.1%}")
     rows = [
-        ("recognised as a %d" % q["digit"], f"{q['recognised']:.1%}", f"{q['recognised_ref']:.1%}"),
+        first,
         ("Fréchet distance (PCA-20)", f"{q['fd']:.2f}", f"{q['fd_ref']:.2f}"),
         ("copies of training images", f"{q['copies']:.1%}", f"{q['copies_ref']:.1%}"),
         ("nearest-image distance ratio", f"{q['nn_ratio']:.2f}", "1.00"),
