@@ -100,6 +100,13 @@ def test_ddim_inversion_round_trip():
     assert errors[1] < 0.025 and errors[1] < errors[0] / 3
 
 
+@pytest.mark.parametrize("skip", ["uniform", "quadratic"])
+@pytest.mark.parametrize("steps", [1, 10, 50, 200, 1000])
+def test_ddim_timesteps_are_distinct_and_end_at_the_last_step(skip, steps):
+    ts = samplers.ddim_timesteps(1000, steps, skip)
+    assert len(ts) == steps and ts[-1] == 999 and np.all(np.diff(ts) > 0) and ts[0] >= 0
+
+
 def test_impossible_settings_raise():
     with pytest.raises(ValueError, match="num_steps"):
         NoiseSchedule.linear(0)

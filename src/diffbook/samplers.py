@@ -119,10 +119,16 @@ def ddim_timesteps(num_train_steps: int, steps: int, skip: str = "uniform") -> n
     """
     if not isinstance(steps, (int, np.integer)) or not 1 <= steps <= num_train_steps:
         raise ValueError(f"steps must be an int in 1..{num_train_steps}, got {steps!r}")
+    if skip not in ("uniform", "quadratic"):
+        raise ValueError(f"skip must be 'uniform' or 'quadratic', got {skip!r}")
+    if steps == 1:
+        return np.array([num_train_steps - 1], np.int32)   # one jump from pure noise
     if skip == "uniform":
         ts = np.linspace(0, num_train_steps - 1, steps)
     elif skip == "quadratic":
         ts = np.linspace(0, np.sqrt(num_train_steps - 1), steps) ** 2
+        # Near 0 the squares are closer than one step apart: keep them distinct.
+        ts = np.maximum(np.round(ts), np.arange(steps))
     else:
         raise ValueError(f"skip must be 'uniform' or 'quadratic', got {skip!r}")
     ts = np.round(ts).astype(np.int32)
