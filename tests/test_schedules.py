@@ -48,9 +48,8 @@ def test_ddim_with_eta_one_is_the_ddpm_posterior():
     for t in [1, 10, 60, 99]:
         xt = sched.add_noise(x0, eps, jnp.array([t]))
         mean, var = sched.posterior(x0, xt, jnp.array([t]))
-        # eta = 1, t_prev = t - 1: with no noise drawn (zero key trick: compare moments)
-        draws = jax.vmap(lambda k: samplers.ddim_step(sched, x0, eps, t - 1, xt.shape, k,
-                                                      eta=1.0, t=t))(
+        # eta = 1, t_prev = t - 1: compare the moments of many draws with the posterior's.
+        draws = jax.vmap(lambda k: samplers.ddim_step(sched, x0, eps, t, t - 1, k, eta=1.0))(
             jax.random.split(jax.random.key(t), 20000))
         np.testing.assert_allclose(draws.mean(0), mean, atol=3 * float(jnp.sqrt(var.max())) / 100 + 1e-6)
         np.testing.assert_allclose(draws.var(0), jnp.broadcast_to(var, draws.var(0).shape), rtol=0.05)

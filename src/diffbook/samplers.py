@@ -79,7 +79,7 @@ def _x0_eps(schedule, model_fn, x, t, prediction, clip_x0):
         x0 = jnp.clip(x0, -1.0, 1.0)
         ab = schedule.alpha_bars[t]
         eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
-    return x0, eps, tb
+    return x0, eps
 
 
 def ddpm_step(schedule, model_output, t, x_t, key, *, prediction: str = "epsilon",
@@ -137,7 +137,7 @@ def ddim_timesteps(num_train_steps: int, steps: int, skip: str = "uniform") -> n
     return ts
 
 
-def ddim_step(schedule, x0, eps, t_prev, x_t_shape, key, *, eta: float, t):
+def ddim_step(schedule, x0, eps, t, t_prev, key, *, eta: float):
     """x_{t_prev} from the predicted (x0, eps) at t (Song et al. 2021, eq. 12).
 
     ``eta = 0`` is deterministic; ``eta = 1`` with ``t_prev = t - 1`` is exactly the
@@ -147,7 +147,7 @@ def ddim_step(schedule, x0, eps, t_prev, x_t_shape, key, *, eta: float, t):
     ab_prev = jnp.where(t_prev >= 0, schedule.alpha_bars[jnp.maximum(t_prev, 0)], 1.0)
     sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
     direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps
-    return jnp.sqrt(ab_prev) * x0 + direction + sigma * jax.random.normal(key, x_t_shape)
+    return jnp.sqrt(ab_prev) * x0 + direction + sigma * jax.random.normal(key, eps.shape)
 
 
 def ddim_sample(schedule, model_fn, x_T, *, steps: int, eta: float = 0.0, key=None,
@@ -163,8 +163,8 @@ def ddim_sample(schedule, model_fn, x_T, *, steps: int, eta: float = 0.0, key=No
 
     def body(x, inputs):
         t, t_prev, k = inputs
-        x0, eps, _ = _x0_eps(schedule, model_fn, x, t, prediction, clip_x0)
-        return ddim_step(schedule, x0, eps, t_prev, x.shape, k, eta=eta, t=t), None
+        x0, eps = _x0_eps(schedule, model_fn, x, t, prediction, clip_x0)
+        return ddim_step(schedule, x0, eps, t, t_prev, k, eta=eta), None
 
     x, _ = jax.lax.scan(body, x_T, (jnp.asarray(ts), jnp.asarray(prev),
                                     jax.random.split(key, len(ts))))

@@ -39,15 +39,6 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def shard_batch(batch, mesh: Mesh):
-    """Split the leading (batch) axis of every array of ``batch`` across ``mesh``."""
-    n = mesh.devices.size
-    for leaf in jax.tree.leaves(batch):
-        if leaf.shape[0] % n:
-            raise ValueError(f"batch size {leaf.shape[0]} does not divide by the {n} devices")
-    return jax.device_put(batch, NamedSharding(mesh, P("data")))
-
-
 def global_batch_size(batch_size: int, mesh: Mesh) -> int:
     """``batch_size`` rounded up to a multiple of the device count (so every device gets a slice)."""
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
