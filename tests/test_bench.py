@@ -63,3 +63,21 @@ def test_vae_bench_needs_enough_samples():
     out = subprocess.run([sys.executable, "-m", "diffbook.bench", "vae", "--num-samples", "100"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "at least 899" in out.stderr
+
+
+def test_mixture_bench_prints_json_and_saves_samples(tmp_path):
+    path = tmp_path / "mixture.npy"
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "mixture", "--train-steps", "50",
+                          "--sampler", "ode", "--samples", str(path)],
+                         capture_output=True, text=True, check=True, timeout=600)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("compile_s", "train_s", "sample_s", "nfe", "mode_weights", "weight_error",
+                "w1", "w1_ref", "w1_ratio"):
+        assert key in result, key
+    assert result["chapter"] == "mixture" and result["steps"] == 50 and result["sampler"] == "ode"
+    assert len(result["mode_weights"]) == 3 and abs(sum(result["mode_weights"]) - 1) < 1e-3
+    samples = np.load(path)
+    assert samples.shape == (10_000,) and samples.dtype == np.float32
+    assert np.all(np.isfinite(samples))

@@ -126,3 +126,101 @@ def test_impossible_settings_raise():
         samplers.ddim_timesteps(10, 0)
     with pytest.raises(ValueError, match="eta"):
         samplers.ddim_sample(sched, lambda x, t: x, jnp.zeros((1, 2)), steps=2, eta=-1.0)
+
+
+def test_step_is_the_posterior_draw_for_every_prediction_kind():
+    sched = NoiseSchedule.linear(100)
+    k1, k2 = jax.random.split(jax.random.key(3))
+    x0 = jax.random.normal(k1, (5, 1))
+    eps = jax.random.normal(k2, x0.shape)
+    for t in (0, 1, 40, 99):
+        tb = jnp.full((5,), t)
+        xt = sched.add_noise(x0, eps, tb)
+        mean, var = sched.posterior(x0, xt, tb)
+        outputs = {"epsilon": eps, "x0": x0, "v": sched.velocity(x0, eps, tb)}
+        steps = [sched.step(out, t, xt, jax.random.key(9), prediction=p, clip_x0=False)
+                 for p, out in outputs.items()]
+        for s in steps[1:]:   # the same key: the same draw, whatever the network predicts
+            np.testing.assert_allclose(s, steps[0], atol=2e-4)
+        z = jax.random.normal(jax.random.key(9), x0.shape)
+        np.testing.assert_allclose(steps[0], mean + jnp.sqrt(var) * z, atol=2e-4)
+        if t == 0:            # the last step adds no noise
+            assert float(jnp.max(var)) == 0.0
+
+
+@pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: f"{s.name}{s.num_steps}")
+def test_continuous_time_view_matches_the_grid(sched):
+    T = sched.num_steps
+    u = jnp.arange(T) / T
+    np.testing.assert_allclose(sched.alpha_bar_at(u), sched.alpha_bars, rtol=1e-5)
+    # beta(u) integrates to -log alpha_bar between grid points.
+    i = np.arange(T - 1)
+    lhs = np.asarray(sched.beta_at((i + 0.5) / T)) / T
+    np.testing.assert_allclose(lhs, -np.diff(np.log(np.asarray(sched.alpha_bars, np.float64))),
+                               rtol=1e-3)
+
+
+def test_linear_schedule_is_the_vp_sde_of_song_et_al():
+    # beta(u) = T * betas on the grid (to first order): 0.1 rising linearly to 20.
+    sched = NoiseSchedule.linear(1000)
+    i = np.arange(998)
+    np.testing.assert_allclose(sched.beta_at((i + 0.5) / 1000), 1000 * sched.betas[i + 1],
+                               rtol=0.011)
+    np.testing.assert_allclose(sched.beta_at(jnp.array([0.0, 0.5, 0.99])),
+                               0.1 + 19.9 * np.array([0.0, 0.5, 0.99]), rtol=0.01, atol=0.05)
+
+
+def exact_eps_continuous(sched):
+    """The exact eps-prediction as a network of continuous time u."""
+    def net(x, u):
+        ab = sched.alpha_bar_at(u).reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.sqrt(1 - ab) * (x - jnp.sqrt(ab) * M) / (ab * S**2 + 1 - ab)
+    return net
+
+
+@pytest.mark.parametrize("sampler", ["pc", "ode", "sde", "langevin"])
+def test_score_samplers_reach_the_data_distribution_with_the_exact_model(sampler):
+    # (linear(200) would end at alpha_bar = 0.13, far from pure noise: the betas
+    # of the linear schedule are meant for T = 1000.)
+    sched = NoiseSchedule.linear(1000)
+    key = jax.random.key(0)
+    shape = (4000, 1)
+    x_T = jax.random.normal(key, shape)
+    if sampler == "pc":
+        x = samplers.pc_sample(sched, exact_eps(sched), key, shape, corrector_steps=1)
+    elif sampler == "ode":
+        x, nfe = samplers.probability_flow(sched, exact_eps_continuous(sched), x_T)
+        assert 5 < int(nfe) < 200
+    elif sampler == "sde":
+        x, nfe = samplers.reverse_sde(sched, exact_eps_continuous(sched), x_T,
+                                      jax.random.key(1), steps=200)
+        assert int(nfe) == 201
+    else:
+        x = samplers.langevin(lambda x: -(x - M) / S**2, x_T, jax.random.key(1), steps=500,
+                              step_size=0.01)
+    assert abs(float(x.mean()) - M) < 0.02
+    assert abs(float(x.std()) - S) < 0.02
+
+
+def test_probability_flow_is_deterministic_and_monotone():
+    # A 1-D flow map is increasing: the ODE never lets two samples cross.
+    sched = NoiseSchedule.linear(1000)
+    x_T = jnp.linspace(-3, 3, 50)[:, None]
+    x, _ = samplers.probability_flow(sched, exact_eps_continuous(sched), x_T)
+    again, _ = samplers.probability_flow(sched, exact_eps_continuous(sched), x_T)
+    np.testing.assert_array_equal(x, again)
+    assert np.all(np.diff(np.asarray(x[:, 0])) > 0)
+
+
+def test_score_sampler_settings_raise():
+    sched = NoiseSchedule.linear(10)
+    with pytest.raises(ValueError, match="step_size"):
+        samplers.langevin(lambda x: -x, jnp.zeros(3), jax.random.key(0), steps=5, step_size=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        samplers.langevin(lambda x: -x, jnp.zeros(3), jax.random.key(0), steps=0, step_size=0.1)
+    with pytest.raises(ValueError, match="corrector_steps"):
+        samplers.pc_sample(sched, lambda x, t: x, jax.random.key(0), (2, 1), corrector_steps=-1)
+    with pytest.raises(ValueError, match="snr"):
+        samplers.pc_sample(sched, lambda x, t: x, jax.random.key(0), (2, 1), snr=0.0)
+    with pytest.raises(ValueError, match="steps"):
+        samplers.reverse_sde(sched, lambda x, u: x, jnp.zeros((2, 1)), jax.random.key(0), steps=0)

@@ -85,7 +85,7 @@ def bench_ddpm(args) -> dict:
     cfg = ddpm.pick_recipe(args.config)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     model, ema, history = _train_digit_unet(
-        cfg, lambda m, x, k: ddpm.eps_loss(schedule, m, x, k), args)
+        cfg, lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k), args)
     graphdef, state = nnx.split(ema)
     shape = (args.num_samples, 8, 8, 1)
     steps = args.steps or (cfg.num_timesteps if args.sampler == "ddpm" else 50)
@@ -113,6 +113,50 @@ def _ddpm_options(parser):
     parser.add_argument("--steps", type=int,
                         help="sampling steps (ddpm: must equal the schedule's 1000; ddim: default 50)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
+
+
+def bench_mixture(args) -> dict:
+    from . import ddpm, mixture, nets, train
+
+    cfg = mixture.pick_recipe(args.config)
+    if args.train_steps:
+        cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
+    schedule = mixture.make_schedule(cfg)
+    data = mixture.make_data(cfg, jax.random.key(args.seed))
+    model = mixture.make_model(cfg, seed=args.seed)
+    ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
+                                          warmup=cfg.warmup)
+    history = train.fit(model, optimizer,
+                        lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k, prediction="v"),
+                        data, steps=cfg.steps, batch_size=cfg.batch_size,
+                        key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
+                        progress=False)
+    draw = jax.jit(lambda key: mixture.SAMPLERS[args.sampler](schedule, ema, key,
+                                                              args.num_samples))
+    _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1))
+    (samples, nfe), sample_s = _timed(draw, jax.random.key(args.seed + 2))
+    samples = mixture.unstandardise(samples)
+    if args.samples:
+        np.save(args.samples, samples)
+    quality = mixture.quality(mixture.MIXTURE, samples)
+    return {
+        "chapter": "mixture", "config": cfg.name, "backend": jax.default_backend(),
+        "devices": jax.device_count(), "params": nets.count_params(model),
+        "steps": cfg.steps, "batch_size": history.batch_size,
+        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
+        "final_loss": round(float(history.loss[-200:].mean()), 4), "sampler": args.sampler,
+        "num_samples": int(samples.size), "nfe": int(nfe),
+        "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
+        "exact_weights": list(mixture.MIXTURE.weights),
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in quality.items()},
+    }
+
+
+def _mixture_options(parser):
+    from .mixture import SAMPLERS
+
+    parser.add_argument("--num-samples", type=int, default=10_000)
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")
 
 
 def bench_vae(args) -> dict:
@@ -157,7 +201,8 @@ def _vae_options(parser):
 #: chapter -> (benchmark function, function adding the chapter's own options)
 BENCHMARKS = {"flow_matching": (bench_flow_matching, _flow_matching_options),
               "ddpm": (bench_ddpm, _ddpm_options),
-              "vae": (bench_vae, _vae_options)}
+              "vae": (bench_vae, _vae_options),
+              "mixture": (bench_mixture, _mixture_options)}
 
 
 def main(argv=None) -> int:

@@ -28,13 +28,24 @@ def pick_recipe(choice: str | None = None) -> _config.Config:
     return _config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
 
 
-def eps_loss(schedule: NoiseSchedule, model, x0: jax.Array, key: jax.Array) -> jax.Array:
-    """The simple DDPM loss: mean squared error of the predicted noise, t uniform."""
+def diffusion_loss(schedule: NoiseSchedule, model, x0: jax.Array, key: jax.Array, *,
+                   prediction: str = "epsilon") -> jax.Array:
+    """The simple DDPM loss with ``t`` uniform: the mean squared error of the network's
+    prediction of ``prediction`` -- the noise ("epsilon", Ho et al. 2020), the clean
+    data ("x0") or the velocity ("v", Salimans & Ho 2022)."""
     k_t, k_noise = jax.random.split(key)
     t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_steps)
     noise = jax.random.normal(k_noise, x0.shape)
     x_t = schedule.add_noise(x0, noise, t)
-    return jnp.mean((model(x_t, t / schedule.num_steps) - noise) ** 2)
+    if prediction == "epsilon":
+        target = noise
+    elif prediction == "x0":
+        target = x0
+    elif prediction == "v":
+        target = schedule.velocity(x0, noise, t)
+    else:
+        raise ValueError(f"prediction must be 'epsilon', 'x0' or 'v', got {prediction!r}")
+    return jnp.mean((model(x_t, t / schedule.num_steps) - target) ** 2)
 
 
 def as_model_fn(model, schedule: NoiseSchedule):

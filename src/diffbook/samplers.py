@@ -82,29 +82,18 @@ def _x0_eps(schedule, model_fn, x, t, prediction, clip_x0):
     return x0, eps
 
 
-def ddpm_step(schedule, model_output, t, x_t, key, *, prediction: str = "epsilon",
-              clip_x0: bool = True):
-    """One ancestral step x_t -> x_{t-1}: the posterior q(x_{t-1} | x_t, x0) with the
-    predicted x0 and the "fixed small" variance; no noise is added at ``t = 0``."""
-    tb = jnp.full((x_t.shape[0],), t, jnp.int32)
-    x0, _ = schedule.to_x0_eps(model_output, x_t, tb, prediction)
-    if clip_x0:
-        x0 = jnp.clip(x0, -1.0, 1.0)
-    mean, var = schedule.posterior(x0, x_t, tb)
-    return mean + jnp.sqrt(var) * jax.random.normal(key, x_t.shape)
-
-
 def ddpm_sample(schedule, model_fn, key, shape, *, prediction: str = "epsilon",
                 clip_x0: bool = True):
-    """Ancestral sampling through all ``schedule.num_steps`` steps (one network call each)."""
+    """Ancestral sampling through all ``schedule.num_steps`` steps (one network call each),
+    each step being :meth:`~diffbook.schedules.NoiseSchedule.step`."""
     k0, key = jax.random.split(key)
     x = jax.random.normal(k0, shape)
 
     def body(x, inputs):
         t, k = inputs
         tb = jnp.full((shape[0],), t, jnp.int32)
-        return ddpm_step(schedule, model_fn(x, tb), t, x, k, prediction=prediction,
-                         clip_x0=clip_x0), None
+        return schedule.step(model_fn(x, tb), t, x, k, prediction=prediction,
+                             clip_x0=clip_x0), None
 
     ts = jnp.arange(schedule.num_steps - 1, -1, -1)
     x, _ = jax.lax.scan(body, x, (ts, jax.random.split(key, schedule.num_steps)))
@@ -190,3 +179,146 @@ def ddim_invert(schedule, model_fn, x0, *, steps: int, skip: str = "uniform",
 
     x, _ = jax.lax.scan(body, x0, (jnp.asarray(prev), jnp.asarray(ts)))
     return x
+
+
+# --------------------------------------------------------------------------
+# Score-based samplers.  The score of the noised data at level alpha_bar is
+# -eps / sqrt(1 - alpha_bar), so an eps- (or v-, or x0-) predicting network is a
+# score model.  The continuous-time samplers use the schedule's VP-SDE view
+# (NoiseSchedule.alpha_bar_at / beta_at) and call ``net(x, u)`` with the float
+# time ``u = t / T`` of shape (B,), the input the chapters' networks take.
+# --------------------------------------------------------------------------
+
+def langevin(score, x, key, *, steps: int, step_size: float):
+    """Unadjusted Langevin dynamics ``x += step_size * score(x) + sqrt(2 step_size) z``.
+
+    ``score(x)`` is the gradient of the log-density of the target (exact or
+    learned).  Returns the state after ``steps`` updates.
+    """
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not step_size > 0:
+        raise ValueError(f"step_size must be positive, got {step_size}")
+
+    def body(x, k):
+        z = jax.random.normal(k, x.shape)
+        return x + step_size * score(x) + jnp.sqrt(2.0 * step_size) * z, None
+
+    x, _ = jax.lax.scan(body, x, jax.random.split(key, steps))
+    return x
+
+
+def _score_at(schedule, net, x, u, prediction):
+    """(x0, eps, score) of the network at continuous time ``u`` (a scalar)."""
+    from .schedules import split_prediction
+
+    ab = schedule.alpha_bar_at(u)
+    x0, eps = split_prediction(net(x, jnp.full((x.shape[0],), u, jnp.float32)), x, ab, prediction)
+    return x0, eps, -eps / jnp.sqrt(1.0 - ab)
+
+
+def pc_sample(schedule, model_fn, key, shape, *, corrector_steps: int = 1, snr: float = 0.1,
+              predictor: str = "ancestral", prediction: str = "epsilon", clip_x0: bool = False):
+    """Predictor-corrector sampling (Song et al. 2021, Alg. 1-2 for the VP-SDE).
+
+    The predictor is the ancestral step; after it, ``corrector_steps`` Langevin
+    steps with the learned score at the new noise level pull the samples towards
+    that level's marginal.  Each Langevin step size follows the paper's rule
+    ``2 alpha (snr * |z| / |score|)^2`` (norms averaged over the batch).
+    ``predictor="none"`` leaves only the corrector: annealed Langevin dynamics
+    (Song & Ermon 2019) down the schedule's noise levels.
+    Costs ``T * (corrector_steps + 1)`` network calls with the ancestral
+    predictor and ``T * corrector_steps`` without.
+    """
+    if predictor not in ("ancestral", "none"):
+        raise ValueError(f"predictor must be 'ancestral' or 'none', got {predictor!r}")
+    if not isinstance(corrector_steps, (int, np.integer)) or corrector_steps < 0:
+        raise ValueError(f"corrector_steps must be an int >= 0, got {corrector_steps!r}")
+    if not snr > 0:
+        raise ValueError(f"snr must be positive, got {snr}")
+    k0, key = jax.random.split(key)
+    x = jax.random.normal(k0, shape)
+    axes = tuple(range(1, len(shape)))
+
+    def body(x, inputs):
+        t, k = inputs
+        k_pred, k_corr = jax.random.split(k)
+        tb = jnp.full((shape[0],), t, jnp.int32)
+        if predictor == "ancestral":
+            x = schedule.step(model_fn(x, tb), t, x, k_pred, prediction=prediction,
+                              clip_x0=clip_x0)
+        # Correct at level t - 1, the level the predictor just moved to.
+        t_new = jnp.maximum(t - 1, 0)
+        tn = jnp.full((shape[0],), t_new, jnp.int32)
+        ab, alpha = schedule.alpha_bars[t_new], schedule.alphas[t_new]
+
+        def correct(x, kc):
+            _, eps = schedule.to_x0_eps(model_fn(x, tn), x, tn, prediction)
+            score = -eps / jnp.sqrt(1.0 - ab)
+            z = jax.random.normal(kc, x.shape)
+            ratio = (jnp.mean(jnp.sqrt(jnp.sum(z**2, axes)))
+                     / jnp.mean(jnp.sqrt(jnp.sum(score**2, axes))))
+            step = 2.0 * alpha * (snr * ratio) ** 2
+            return x + step * score + jnp.sqrt(2.0 * step) * z, None
+
+        if corrector_steps:
+            x_c, _ = jax.lax.scan(correct, x, jax.random.split(k_corr, corrector_steps))
+            x = jnp.where(t > 0, x_c, x)   # the last step lands on data: no correction
+        if predictor == "none":            # finish with the predicted clean sample
+            x = jnp.where(t > 0, x, schedule.to_x0_eps(model_fn(x, tb), x, tb, prediction)[0])
+        return x, None
+
+    ts = jnp.arange(schedule.num_steps - 1, -1, -1)
+    x, _ = jax.lax.scan(body, x, (ts, jax.random.split(key, schedule.num_steps)))
+    return x
+
+
+def probability_flow(schedule, net, x_T, *, prediction: str = "epsilon", solver=None,
+                     steps: int | None = None, rtol: float = 1e-3, atol: float = 1e-3):
+    """Integrate the probability-flow ODE of the schedule's VP-SDE from ``u = (T-1)/T``
+    down to ``u = 0`` with :func:`ode_solve`, then denoise once (the predicted x0).
+
+    ``dx/du = -beta(u) / 2 * (x + score(x, u))``: a deterministic map from noise to
+    data with the same marginals as the diffusion.  Returns ``(x0, nfe)``.
+    """
+    u_start = (schedule.num_steps - 1) / schedule.num_steps
+
+    def velocity(u, x):
+        _, _, score = _score_at(schedule, net, x, u, prediction)
+        return -0.5 * schedule.beta_at(u) * (x + score)
+
+    x, nfe = ode_solve(velocity, x_T, t0=u_start, t1=0.0, solver=solver, steps=steps,
+                       rtol=rtol, atol=atol)
+    x0, _, _ = _score_at(schedule, net, x, 0.0, prediction)
+    return x0, nfe + 1
+
+
+def reverse_sde(schedule, net, x_T, key, *, steps: int, prediction: str = "epsilon"):
+    """Integrate the reverse-time VP-SDE with diffrax's Euler-Maruyama in ``steps`` equal
+    steps from ``u = (T-1)/T`` to 0, then denoise once.  Returns ``(x0, nfe)``.
+
+    In reversed time ``tau = u_start - u`` the SDE reads
+    ``dx = beta (x / 2 + score) dtau + sqrt(beta) dW``.
+    """
+    import lineax as lx
+
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    u_start = (schedule.num_steps - 1) / schedule.num_steps
+
+    def drift(tau, x, args):
+        u = u_start - tau
+        _, _, score = _score_at(schedule, net, x, u, prediction)
+        return schedule.beta_at(u) * (0.5 * x + score)
+
+    def diffusion(tau, x, args):
+        return lx.DiagonalLinearOperator(jnp.sqrt(schedule.beta_at(u_start - tau)) * jnp.ones_like(x))
+
+    dt = u_start / steps
+    brownian = dfx.UnsafeBrownianPath(shape=x_T.shape, key=key)
+    terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, brownian))
+    sol = dfx.diffeqsolve(terms, dfx.Euler(), 0.0, u_start, dt, x_T,
+                          stepsize_controller=dfx.ConstantStepSize(), max_steps=steps + 1,
+                          adjoint=dfx.ForwardMode())
+    x0, _, _ = _score_at(schedule, net, sol.ys[0], 0.0, prediction)
+    return x0, steps + 1

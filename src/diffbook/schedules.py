@@ -128,18 +128,8 @@ class NoiseSchedule:
     def to_x0_eps(self, model_output: jax.Array, x_t: jax.Array, t,
                   prediction: str = "epsilon") -> tuple[jax.Array, jax.Array]:
         """Turn a network's output (of kind ``prediction``) at ``(x_t, t)`` into ``(x0, eps)``."""
-        ab = self._at(self.alpha_bars, t, x_t.ndim)
-        a, s = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
-        if prediction == "epsilon":
-            eps = model_output
-            return (x_t - s * eps) / a, eps
-        if prediction == "x0":
-            x0 = model_output
-            return x0, (x_t - a * x0) / s
-        if prediction == "v":
-            v = model_output
-            return a * x_t - s * v, s * x_t + a * v
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        return split_prediction(model_output, x_t, self._at(self.alpha_bars, t, x_t.ndim),
+                                prediction)
 
     def posterior(self, x0: jax.Array, x_t: jax.Array, t) -> tuple[jax.Array, jax.Array]:
         """Mean and variance of q(x_{t-1} | x_t, x0); at ``t = 0`` the variance is 0."""
@@ -149,3 +139,60 @@ class NoiseSchedule:
         mean = (jnp.sqrt(ab_prev) * beta * x0 + jnp.sqrt(alpha) * (1.0 - ab_prev) * x_t) / (1.0 - ab)
         var = beta * (1.0 - ab_prev) / (1.0 - ab)
         return mean, var
+
+    def step(self, model_output: jax.Array, t, x_t: jax.Array, key: jax.Array, *,
+             prediction: str = "epsilon", clip_x0: bool = True) -> jax.Array:
+        """One ancestral step ``x_t -> x_{t-1}`` (the sampler of Ho et al. 2020).
+
+        The network's output becomes a predicted clean sample ``x0`` (clipped to
+        [-1, 1] if ``clip_x0``, for data that lives there); ``x_{t-1}`` is drawn from
+        the posterior q(x_{t-1} | x_t, x0) with its own, "fixed small", variance.
+        ``t`` is one integer timestep shared by the batch; at ``t = 0`` no noise is
+        added, so the step returns the posterior mean.
+        """
+        tb = jnp.full((x_t.shape[0],), t, jnp.int32)
+        x0, _ = self.to_x0_eps(model_output, x_t, tb, prediction)
+        if clip_x0:
+            x0 = jnp.clip(x0, -1.0, 1.0)
+        mean, var = self.posterior(x0, x_t, tb)
+        return mean + jnp.sqrt(var) * jax.random.normal(key, x_t.shape)
+
+    # ---------------------------------------------------------- continuous time
+    # The discrete schedule seen as a VP-SDE (Song et al. 2021): continuous time
+    # u in [0, (T-1)/T] with u = t/T on the grid (the time the networks see), log
+    # alpha_bar linear between grid points, and beta(u) = -d log alpha_bar / du.
+    # For the linear schedule beta(u) ~ T * betas[t] runs from 0.1 to 20: the
+    # VP-SDE of Song et al.  A capped last beta (cosine's 0.999) makes the final
+    # interval stiff, which an adaptive ODE solver handles but Euler-Maruyama
+    # does not.
+    def alpha_bar_at(self, u) -> jax.Array:
+        """``alpha_bar`` at continuous times ``u`` (any shape), interpolated in log space."""
+        grid = jnp.arange(self.num_steps, dtype=jnp.float32) / self.num_steps
+        return jnp.exp(jnp.interp(u, grid, jnp.log(self.alpha_bars)))
+
+    def beta_at(self, u) -> jax.Array:
+        """The VP-SDE's ``beta(u) = -d log alpha_bar / du`` (piecewise constant)."""
+        T = self.num_steps
+        if T < 2:
+            raise ValueError("continuous time needs a schedule with at least 2 steps")
+        i = jnp.clip(jnp.floor(jnp.asarray(u) * T).astype(jnp.int32), 0, T - 2)
+        log_ab = jnp.log(self.alpha_bars)
+        return T * (log_ab[i] - log_ab[i + 1])
+
+
+def split_prediction(model_output: jax.Array, x_t: jax.Array, alpha_bar,
+                     prediction: str = "epsilon") -> tuple[jax.Array, jax.Array]:
+    """``(x0, eps)`` from a prediction of kind ``prediction`` at noise level ``alpha_bar``.
+
+    ``alpha_bar`` must broadcast against ``x_t``.  With ``a = sqrt(alpha_bar)`` and
+    ``s = sqrt(1 - alpha_bar)``: ``x_t = a x0 + s eps`` and ``v = a eps - s x0``,
+    so ``x0 = a x_t - s v`` and ``eps = s x_t + a v``.
+    """
+    a, s = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
+    if prediction == "epsilon":
+        return (x_t - s * model_output) / a, model_output
+    if prediction == "x0":
+        return model_output, (x_t - a * model_output) / s
+    if prediction == "v":
+        return a * x_t - s * model_output, s * x_t + a * model_output
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")

@@ -1,0 +1,297 @@
+"""A one-dimensional Gaussian mixture, exactly known, and the 1-D chapter's model.
+
+In one dimension every density can be drawn and every quantity computed exactly:
+the data density and its score, the density of the *noised* data at any level
+of a variance-preserving diffusion (again a Gaussian mixture), the share of
+samples in each mode, and the Wasserstein-1 distance of a sample to the truth.
+
+:data:`MIXTURE` is the chapter's distribution: weights (0.3, 0.1, 0.6), means
+(-5, 0, 6), standard deviations (1, 0.5, 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.scipy.special import logsumexp
+from jax.scipy.stats import norm
+
+from . import config as _config
+from . import samplers
+from .nets import TimeEmbedding
+from .schedules import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class GaussianMixture1D:
+    """``sum_k weights[k] * N(means[k], stds[k]^2)`` on the real line."""
+
+    weights: tuple
+    means: tuple
+    stds: tuple
+
+    def __post_init__(self):
+        w, m, s = (np.asarray(v, np.float64) for v in (self.weights, self.means, self.stds))
+        if not (w.ndim == m.ndim == s.ndim == 1 and w.size == m.size == s.size >= 1):
+            raise ValueError("weights, means and stds must be 1-D sequences of one common length")
+        if np.any(w <= 0) or abs(w.sum() - 1.0) > 1e-6:
+            raise ValueError(f"weights must be positive and sum to 1, got {tuple(w)}")
+        if np.any(s <= 0) or not np.all(np.isfinite(m)):
+            raise ValueError(f"stds must be positive and means finite, got {tuple(s)}, {tuple(m)}")
+        for name, v in (("weights", w), ("means", m), ("stds", s)):
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+
+    @property
+    def mean(self) -> float:
+        return float(np.dot(self.weights, self.means))
+
+    @property
+    def std(self) -> float:
+        w, m, s = map(np.asarray, (self.weights, self.means, self.stds))
+        return float(np.sqrt(np.dot(w, s**2 + m**2) - self.mean**2))
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """``n`` exact draws, shape ``(n,)``."""
+        k_comp, k_noise = jax.random.split(key)
+        comp = jax.random.choice(k_comp, len(self.weights), (n,), p=jnp.asarray(self.weights))
+        z = jax.random.normal(k_noise, (n,))
+        return jnp.asarray(self.means)[comp] + jnp.asarray(self.stds)[comp] * z
+
+    def _component_logpdf(self, x) -> jax.Array:
+        x = jnp.asarray(x, jnp.float32)[..., None]
+        return jnp.log(jnp.asarray(self.weights)) + norm.logpdf(x, jnp.asarray(self.means),
+                                                                  jnp.asarray(self.stds))
+
+    def log_prob(self, x) -> jax.Array:
+        """Log-density at ``x`` (any shape)."""
+        return logsumexp(self._component_logpdf(x), axis=-1)
+
+    def score(self, x) -> jax.Array:
+        """``d/dx log p(x)``, by automatic differentiation of :meth:`log_prob`."""
+        x = jnp.asarray(x, jnp.float32)
+        return jnp.vectorize(jax.grad(self.log_prob))(x)
+
+    def responsibilities(self, x) -> jax.Array:
+        """``p(component k | x)``, shape ``x.shape + (K,)``."""
+        lp = self._component_logpdf(x)
+        return jnp.exp(lp - logsumexp(lp, axis=-1, keepdims=True))
+
+    def cdf(self, x) -> jax.Array:
+        x = jnp.asarray(x, jnp.float32)[..., None]
+        return jnp.sum(jnp.asarray(self.weights) * norm.cdf(x, jnp.asarray(self.means),
+                                                              jnp.asarray(self.stds)), axis=-1)
+
+    def affine(self, scale: float, shift: float) -> "GaussianMixture1D":
+        """The distribution of ``scale * x + shift``."""
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        return GaussianMixture1D(self.weights, tuple(scale * m + shift for m in self.means),
+                                 tuple(scale * s for s in self.stds))
+
+    def noised(self, alpha_bar: float) -> "GaussianMixture1D":
+        """The law of ``sqrt(ab) x0 + sqrt(1 - ab) eps``: each component's mean shrinks
+        and its variance moves towards 1 (the forward process, exactly)."""
+        ab = float(alpha_bar)
+        if not 0.0 < ab <= 1.0:
+            raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar}")
+        return GaussianMixture1D(self.weights, tuple(np.sqrt(ab) * m for m in self.means),
+                                 tuple(np.sqrt(ab * s**2 + 1.0 - ab) for s in self.stds))
+
+    def noised_score(self, x, alpha_bar) -> jax.Array:
+        """The exact score of :meth:`noised` at ``x``, for array (even traced) ``alpha_bar``
+        broadcastable against ``x``.  ``-sqrt(1 - alpha_bar)`` times it is the ideal
+        noise prediction: an oracle "network" for testing samplers."""
+        x, ab = jnp.asarray(x, jnp.float32)[..., None], jnp.asarray(alpha_bar, jnp.float32)[..., None]
+        m = jnp.sqrt(ab) * jnp.asarray(self.means)
+        var = ab * jnp.asarray(self.stds) ** 2 + 1.0 - ab
+        logp = jnp.log(jnp.asarray(self.weights)) + norm.logpdf(x, m, jnp.sqrt(var))
+        resp = jnp.exp(logp - logsumexp(logp, axis=-1, keepdims=True))
+        return jnp.sum(resp * (m - x) / var, axis=-1)
+
+
+#: The chapter's mixture.
+MIXTURE = GaussianMixture1D(weights=(0.3, 0.1, 0.6), means=(-5.0, 0.0, 6.0), stds=(1.0, 0.5, 2.0))
+
+
+# ------------------------------------------------------------------- measures
+def _as_samples(samples) -> np.ndarray:
+    x = np.asarray(samples, np.float64).reshape(-1)
+    if x.size < 2:
+        raise ValueError(f"samples must hold at least 2 values, got {x.size}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"samples contain {int(np.sum(~np.isfinite(x)))} NaN or infinite values")
+    return x
+
+
+def mode_weights(mixture: GaussianMixture1D, samples) -> np.ndarray:
+    """The share of ``samples`` in each component: the mean responsibility.
+
+    For exact draws its expectation is exactly ``mixture.weights`` (soft
+    assignment has no bias where components overlap, unlike nearest-mode counts).
+    """
+    x = _as_samples(samples)
+    return np.asarray(mixture.responsibilities(x).mean(axis=0), np.float64)
+
+
+def wasserstein1(mixture: GaussianMixture1D, samples, *, grid_points: int = 40_001) -> float:
+    """W1 between the empirical law of ``samples`` and ``mixture``: the area between
+    their CDFs, integrated on a fine grid."""
+    x = np.sort(_as_samples(samples))
+    lo = min(x[0], min(m - 8 * s for m, s in zip(mixture.means, mixture.stds)))
+    hi = max(x[-1], max(m + 8 * s for m, s in zip(mixture.means, mixture.stds)))
+    grid = np.linspace(lo, hi, grid_points)
+    empirical = np.searchsorted(x, grid, side="right") / x.size
+    exact = np.asarray(mixture.cdf(grid), np.float64)
+    gap = np.abs(empirical - exact)
+    return float(np.sum(0.5 * (gap[1:] + gap[:-1]) * np.diff(grid)))
+
+
+def w1_reference(mixture: GaussianMixture1D, n: int, *, repeats: int = 20, seed: int = 0) -> float:
+    """The mean W1 of ``n`` exact draws: what sampling noise alone costs at that size."""
+    keys = jax.random.split(jax.random.key(seed), repeats)
+    return float(np.mean([wasserstein1(mixture, mixture.sample(k, n)) for k in keys]))
+
+
+def quality(mixture: GaussianMixture1D, samples) -> dict:
+    """Mode weights, their largest error, W1 and its sampling-noise reference."""
+    x = _as_samples(samples)
+    weights = mode_weights(mixture, x)
+    w1 = wasserstein1(mixture, x)
+    ref = w1_reference(mixture, x.size)
+    return {"n_samples": int(x.size), "mode_weights": [round(float(w), 4) for w in weights],
+            "weight_error": float(np.max(np.abs(weights - np.asarray(mixture.weights)))),
+            "w1": w1, "w1_ref": ref, "w1_ratio": w1 / ref}
+
+
+# ---------------------------------------------------------------------- model
+class _Block(nnx.Module):
+    """Pre-norm residual MLP block, with the time embedding added to its hidden layer."""
+
+    def __init__(self, width: int, emb_dim: int, norm: str, *, rngs: nnx.Rngs):
+        self.norm = {"layer": lambda: nnx.LayerNorm(width, rngs=rngs),
+                     "batch": lambda: nnx.BatchNorm(width, rngs=rngs),
+                     "none": lambda: None}[norm]()
+        self.fc1 = nnx.Linear(width, width, rngs=rngs)
+        self.emb = nnx.Linear(emb_dim, width, rngs=rngs)
+        self.fc2 = nnx.Linear(width, width, rngs=rngs)
+
+    def __call__(self, h, emb):
+        z = h if self.norm is None else self.norm(h)
+        return h + self.fc2(nnx.silu(self.fc1(z) + self.emb(emb)))
+
+
+class MixtureMLP(nnx.Module):
+    """A small residual MLP ``(x, u) -> output`` for 1-D data.
+
+    ``x`` has shape ``(B, 1)`` and ``u`` (the time ``t / T``) shape ``(B,)``.
+    ``norm`` picks the normalisation inside the blocks ("layer", "batch" or
+    "none"); ``time_embedding=False`` feeds ``u`` as a plain number instead of
+    sinusoidal features (both are there for the chapter's ablation).
+    """
+
+    def __init__(self, width: int = 128, depth: int = 3, emb_dim: int = 32, *,
+                 norm: str = "none", time_embedding: bool = True, rngs: nnx.Rngs):
+        if norm not in ("layer", "batch", "none"):
+            raise ValueError(f"norm must be 'layer', 'batch' or 'none', got {norm!r}")
+        self.time = TimeEmbedding(emb_dim, rngs=rngs) if time_embedding else None
+        self.time_in = None if time_embedding else nnx.Linear(1, emb_dim, rngs=rngs)
+        self.inp = nnx.Linear(1, width, rngs=rngs)
+        self.blocks = nnx.List([_Block(width, emb_dim, norm, rngs=rngs) for _ in range(depth)])
+        self.out = nnx.Linear(width, 1, rngs=rngs)
+
+    def __call__(self, x: jax.Array, u: jax.Array) -> jax.Array:
+        if x.ndim != 2 or x.shape[1] != 1:
+            raise ValueError(f"x must have shape (batch, 1), got {x.shape}")
+        emb = self.time(u) if self.time is not None else nnx.silu(self.time_in(u[:, None]))
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h, emb)
+        return self.out(nnx.silu(h))
+
+
+#: The chapter's recipes; :func:`diffbook.config.pick` chooses one.
+RECIPE = {
+    "cpu": dict(width=64, depth=3, batch_size=1024, steps=8000, peak_lr=2e-3, warmup=100,
+                ema_decay=0.999, schedule="linear", num_timesteps=1000, num_data=2**16),
+    "accelerator": dict(width=128, depth=3, batch_size=8192, steps=8000, peak_lr=2e-3,
+                        warmup=200, ema_decay=0.999, schedule="linear", num_timesteps=1000,
+                        num_data=2**18),
+}
+
+
+def pick_recipe(choice: str | None = None) -> _config.Config:
+    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
+    return _config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
+
+
+def standardise(x) -> jax.Array:
+    """Data units -> the unit-variance coordinates the model works in, shape ``(N, 1)``."""
+    x = jnp.asarray(x, jnp.float32).reshape(-1, 1)
+    return (x - MIXTURE.mean) / MIXTURE.std
+
+
+def unstandardise(z) -> np.ndarray:
+    """The model's coordinates -> data units, as a flat float32 array."""
+    return np.asarray(z, np.float32).reshape(-1) * MIXTURE.std + MIXTURE.mean
+
+
+#: :data:`MIXTURE` in the model's (standardised) coordinates.
+STANDARD = MIXTURE.affine(1.0 / MIXTURE.std, -MIXTURE.mean / MIXTURE.std)
+
+
+def make_schedule(cfg) -> NoiseSchedule:
+    """The recipe's noise schedule."""
+    return {"cosine": NoiseSchedule.cosine, "linear": NoiseSchedule.linear}[cfg.schedule](
+        cfg.num_timesteps)
+
+
+def make_data(cfg, key: jax.Array) -> jax.Array:
+    """``cfg.num_data`` exact draws of :data:`MIXTURE`, standardised, shape ``(N, 1)``."""
+    return standardise(MIXTURE.sample(key, cfg.num_data))
+
+
+def make_model(cfg, seed: int = 0, **options) -> MixtureMLP:
+    """The recipe's :class:`MixtureMLP` (``options`` go to its constructor)."""
+    return MixtureMLP(cfg.width, cfg.depth, rngs=nnx.Rngs(seed), **options)
+
+
+def _ancestral(schedule, net, key, n):
+    fn = lambda x, t: net(x, t / schedule.num_steps)
+    return samplers.ddpm_sample(schedule, fn, key, (n, 1), prediction="v", clip_x0=False), \
+        schedule.num_steps
+
+
+def _ddim(schedule, net, key, n, steps=50):
+    fn = lambda x, t: net(x, t / schedule.num_steps)
+    x_T = jax.random.normal(key, (n, 1))
+    return samplers.ddim_sample(schedule, fn, x_T, steps=steps, prediction="v",
+                                clip_x0=False), steps
+
+
+def _pc(schedule, net, key, n, predictor="ancestral"):
+    fn = lambda x, t: net(x, t / schedule.num_steps)
+    x = samplers.pc_sample(schedule, fn, key, (n, 1), corrector_steps=1, predictor=predictor,
+                           prediction="v")
+    return x, schedule.num_steps * (2 if predictor == "ancestral" else 1) + (predictor == "none")
+
+
+def _ode(schedule, net, key, n):
+    return samplers.probability_flow(schedule, net, jax.random.normal(key, (n, 1)),
+                                     prediction="v")
+
+
+def _sde(schedule, net, key, n, steps=1000):
+    k_init, k_path = jax.random.split(key)
+    return samplers.reverse_sde(schedule, net, jax.random.normal(k_init, (n, 1)), k_path,
+                                steps=steps, prediction="v")
+
+
+#: Samplers of a v-predicting network ``net(x, u)`` in the model's coordinates:
+#: ``SAMPLERS[name](schedule, net, key, n) -> (samples of shape (n, 1), network calls)``.
+SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "pc": _pc,
+            "annealed_langevin": lambda s, net, key, n: _pc(s, net, key, n, predictor="none"),
+            "ode": _ode, "sde": _sde}
