@@ -122,3 +122,46 @@ def test_eight_devices_match_one_device():
     np.testing.assert_allclose(eight["params"], one["params"], atol=1e-5)
     # A batch that does not divide by 8 is rounded up, not a crash.
     assert _run(8, 12)["batch"] == 16
+
+
+def test_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
+    from diffbook import ddpm, mixture
+    from diffbook.schedules import NoiseSchedule
+
+    sched = NoiseSchedule.linear(100)
+    data = mixture.standardise(mixture.MIXTURE.sample(jax.random.key(0), 512))
+    loss_fn = lambda m, x, k: ddpm.diffusion_loss(sched, m, x, k, prediction="v")
+
+    def run(**options):
+        model = mixture.MixtureMLP(16, 1, rngs=nnx.Rngs(0))
+        ema, optimizer = train.adamw_with_ema(model, peak_lr=1e-2, steps=30, warmup=3)
+        history = train.fit(model, optimizer, loss_fn, data, steps=30, batch_size=32,
+                            key=jax.random.key(1), ema=ema, ema_decay=0.9, check_every=4,
+                            progress=False, **options)
+        return model, ema, history
+
+    model1, ema1, h1 = run()
+    directory = tmp_path / "ckpt"
+    _, _, part = run(checkpoint_dir=directory, checkpoint_every=5, stop_after=12)
+    assert part.steps == 12 and len(part.loss) == 12
+    model2, ema2, h2 = run(checkpoint_dir=directory, checkpoint_every=5)   # resumes at 12
+    assert h2.steps == 30 and len(h2.loss) == 30
+    np.testing.assert_allclose(h2.loss, h1.loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(nnx.state((model1, ema1), nnx.Param)),
+                    jax.tree.leaves(nnx.state((model2, ema2), nnx.Param))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # A finished run found in the folder is not trained again.
+    _, _, again = run(checkpoint_dir=directory)
+    assert again.steps == 30 and len(again.loss) == 30
+
+
+def test_resume_settings_raise(tmp_path):
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    _, optimizer = train.adamw_with_ema(model, peak_lr=1e-3, steps=10, warmup=1)
+    loss_fn = lambda m, x, k: jnp.mean(m(x) ** 2)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        train.fit(model, optimizer, loss_fn, jnp.ones((8, 2)), steps=10, batch_size=4,
+                  key=jax.random.key(0), stop_after=5)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train.fit(model, optimizer, loss_fn, jnp.ones((8, 2)), steps=10, batch_size=4,
+                  key=jax.random.key(0), checkpoint_dir=tmp_path, checkpoint_every=0)

@@ -104,7 +104,8 @@ class History:
 def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         steps: int, batch_size: int, key: jax.Array, check_every: int = 50,
         ema: nnx.Module | None = None, ema_decay: float = 0.999, mesh: Mesh | None = None,
-        progress: bool | None = None, desc: str = "training") -> History:
+        progress: bool | None = None, desc: str = "training", checkpoint_dir=None,
+        checkpoint_every: int = 1000, stop_after: int | None = None) -> History:
     """Train ``model`` in place on random batches of ``data``.
 
     Args:
@@ -123,6 +124,17 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         its parameters with ``ema_decay``; sample from it for smoother results.
       mesh: device mesh (default :func:`data_mesh`).
       progress: show a tqdm bar; default :func:`progress_enabled`.
+      checkpoint_dir: if given, save the model, optimiser and EMA state with Orbax
+        every ``checkpoint_every`` steps and at the end, and *resume* from the
+        latest checkpoint found there.  Batches and loss keys are derived from
+        ``key`` and the step number, so a resumed run ends exactly where an
+        uninterrupted one would.
+      stop_after: return after this many steps of this call (the run is then
+        unfinished; call again with the same ``checkpoint_dir`` to go on). For
+        sessions with a time limit, such as Colab.
+
+    Returns a :class:`History` whose ``loss`` covers every step done so far,
+    including those of earlier, resumed-from calls.
 
     Raises:
       FloatingPointError: the loss became NaN or infinite (with the step).
@@ -131,6 +143,12 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if not isinstance(check_every, (int, np.integer)) or check_every < 1:
         raise ValueError(f"check_every must be a positive int, got {check_every!r}")
+    if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if stop_after is not None and (not isinstance(stop_after, (int, np.integer)) or stop_after < 1):
+        raise ValueError(f"stop_after must be a positive int or None, got {stop_after!r}")
+    if stop_after is not None and checkpoint_dir is None:
+        raise ValueError("stop_after needs a checkpoint_dir to resume from")
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     leaves = jax.tree.leaves(data)
@@ -175,6 +193,19 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
     compiled = train_step.lower(state, keys[0]).compile()
     compile_s = time.perf_counter() - t0
     losses, pending = [], []
+    start, manager = 0, None
+    if checkpoint_dir is not None:
+        manager = _checkpoint_manager(checkpoint_dir)
+        start = manager.latest_step() or 0
+        if start > steps:
+            raise ValueError(f"the checkpoint in {checkpoint_dir} is at step {start}, "
+                             f"past steps={steps}")
+        if start:
+            state, done = _restore(manager, start, state, mesh)
+            losses.append(done)
+            if bar is not None:
+                bar.update(start)
+    end = steps if stop_after is None else min(steps, start + stop_after)
 
     def check(upto: int):
         # Fetching the pending losses waits for the device: do it only now and then.
@@ -192,11 +223,17 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
 
     t0 = time.perf_counter()
     try:
-        for i in range(steps):
+        for i in range(start, end):
             state, loss = compiled(state, keys[i])
             pending.append(loss)
-            if len(pending) == check_every or i == steps - 1:
+            save = manager is not None and ((i + 1) % checkpoint_every == 0 or i == end - 1)
+            if len(pending) == check_every or i == end - 1 or save:
                 check(i + 1)
+            if save:
+                manager.save(i + 1, args=_ocp().args.StandardSave(
+                    {"state": state, "loss": np.concatenate(losses)}))
+        if manager is not None:
+            manager.wait_until_finished()
     finally:
         if bar is not None:
             bar.close()
@@ -205,4 +242,27 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         nnx.update((model, optimizer, ema), state)
     train_s = time.perf_counter() - t0
     return History(loss=np.concatenate(losses), compile_s=compile_s, train_s=train_s,
-                   steps=int(steps), batch_size=batch_size, devices=mesh.devices.size)
+                   steps=int(end), batch_size=batch_size, devices=mesh.devices.size)
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _checkpoint_manager(directory):
+    from pathlib import Path
+
+    ocp = _ocp()
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
+
+
+def _restore(manager, step, state, mesh):
+    """The training state and the losses saved at ``step``, placed on ``mesh``."""
+    ocp = _ocp()
+    abstract = {"state": jax.tree.map(ocp.utils.to_shape_dtype_struct, state),
+                "loss": jax.ShapeDtypeStruct((step,), np.float32)}
+    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return replicate(restored["state"], mesh), np.asarray(restored["loss"])
