@@ -90,6 +90,74 @@ class SelfAttention(nnx.Module):
         return x + self.attn(tokens).reshape(b, h, w, c)
 
 
+class CrossAttention(nnx.Module):
+    """Every pixel of a feature map attends to a sequence of context vectors (text tokens).
+
+    ``mask`` (B, L) is True for real tokens; padding gets no attention weight.
+    Each row needs at least one True entry (a softmax over nothing is undefined),
+    which is why :class:`TextEncoder` always puts a learned start token first.
+    """
+
+    def __init__(self, channels: int, context_dim: int, *, num_heads: int = 4, rngs: nnx.Rngs):
+        self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads=num_heads, in_features=channels,
+                                           in_kv_features=context_dim, decode=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        queries = self.norm(x).reshape(b, h * w, c)
+        # (B, 1, 1, L): the same key mask for every head and every query pixel.
+        out = self.attn(queries, context, mask=mask[:, None, None, :])
+        return x + out.reshape(b, h, w, c)
+
+
+class TextEncoder(nnx.Module):
+    """Token ids -> one vector per token, from a small transformer trained with the model.
+
+    ``(tokens, mask)`` of shape (B, L) -> ``(context, context_mask)`` of shape
+    (B, L + 1, dim) and (B, L + 1).  A learned *start* vector is put in front of
+    every sequence and is never masked, so a prompt with every word dropped (the
+    unconditional case of classifier-free guidance) still has one token to attend
+    to: the model learns that "start alone" means "no prompt".
+    """
+
+    def __init__(self, vocab_size: int, dim: int = 64, *, max_len: int = 16, layers: int = 2,
+                 num_heads: int = 4, rngs: nnx.Rngs):
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+        self.max_len = max_len
+        self.embed = nnx.Embed(vocab_size, dim, rngs=rngs)
+        self.start = nnx.Param(jax.random.normal(rngs.params(), (dim,)) * 0.02)
+        self.position = nnx.Param(jax.random.normal(rngs.params(), (max_len + 1, dim)) * 0.02)
+        self.attn_norms = nnx.List([nnx.LayerNorm(dim, rngs=rngs) for _ in range(layers)])
+        self.attns = nnx.List([nnx.MultiHeadAttention(num_heads=num_heads, in_features=dim,
+                                                      decode=False, rngs=rngs)
+                               for _ in range(layers)])
+        self.mlp_norms = nnx.List([nnx.LayerNorm(dim, rngs=rngs) for _ in range(layers)])
+        self.mlps = nnx.List([nnx.Sequential(nnx.Linear(dim, 2 * dim, rngs=rngs), nnx.gelu,
+                                             nnx.Linear(2 * dim, dim, rngs=rngs))
+                              for _ in range(layers)])
+        self.out_norm = nnx.LayerNorm(dim, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if tokens.ndim != 2 or tokens.shape != mask.shape:
+            raise ValueError(f"tokens and mask must both have shape (B, L), got {tokens.shape} "
+                             f"and {mask.shape}")
+        if tokens.shape[1] > self.max_len:
+            raise ValueError(f"tokens may have at most max_len={self.max_len} positions, "
+                             f"got {tokens.shape[1]}")
+        b, n = tokens.shape
+        start = jnp.broadcast_to(self.start[...], (b, 1, self.start.shape[-1]))
+        h = jnp.concatenate([start, self.embed(tokens)], axis=1) + self.position[: n + 1]
+        mask = jnp.concatenate([jnp.ones((b, 1), bool), mask.astype(bool)], axis=1)
+        pair_mask = mask[:, None, None, :]  # padding is never attended to
+        for norm, attn, mlp_norm, mlp in zip(self.attn_norms, self.attns, self.mlp_norms,
+                                             self.mlps):
+            h = h + attn(norm(h), mask=pair_mask)
+            h = h + mlp(mlp_norm(h))
+        return self.out_norm(h), mask
+
+
 class UNet(nnx.Module):
     """A time-conditioned U-Net for small images, ``(B, H, W, C), (B,) -> (B, H, W, C)``.
 
@@ -100,6 +168,13 @@ class UNet(nnx.Module):
       emb_dim: width of the time embedding.
       attention: self-attention at the lowest resolution (cheap there).
       out_channels: defaults to ``in_channels``.
+      context_dim: if given, the model is conditioned on a sequence of context
+        vectors of this width (text tokens): cross-attention after each ResBlock
+        of the levels in ``cross_attention_levels``, and the masked mean of the
+        context, projected, added to the time embedding.  Call it as
+        ``model(x, t, context, context_mask)``.
+      cross_attention_levels: which levels get cross-attention (0 is the full
+        resolution); default: every level but the first, where it costs most.
       rngs: ``nnx.Rngs`` for the initial parameters.
 
     The output layer starts at zero, so an untrained model predicts zeros.
@@ -107,7 +182,8 @@ class UNet(nnx.Module):
 
     def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64), *,
                  emb_dim: int = 64, attention: bool = True, out_channels: int | None = None,
-                 rngs: nnx.Rngs):
+                 context_dim: int | None = None,
+                 cross_attention_levels: Sequence[int] | None = None, rngs: nnx.Rngs):
         channels = tuple(int(c) for c in channels)
         if not channels or min(channels) < 1:
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
@@ -133,11 +209,31 @@ class UNet(nnx.Module):
                      channels[i], emb_dim, rngs=rngs)
             for i in reversed(range(len(channels)))
         ])
+        self.context_dim = context_dim
+        if context_dim is None:
+            self.cross_levels = ()
+        else:
+            levels = (range(1, len(channels)) if cross_attention_levels is None
+                      else cross_attention_levels)
+            self.cross_levels = tuple(sorted(int(i) for i in levels))
+            if any(not 0 <= i < len(channels) for i in self.cross_levels):
+                raise ValueError(f"cross_attention_levels must lie in 0..{len(channels) - 1}, "
+                                 f"got {cross_attention_levels}")
+            self.context_to_emb = nnx.Linear(context_dim, emb_dim, rngs=rngs)
+            self.cross_down = nnx.List([CrossAttention(channels[i], context_dim, rngs=rngs)
+                                        for i in self.cross_levels])
+            self.cross_mid = CrossAttention(channels[-1], context_dim, rngs=rngs)
+            self.cross_up = nnx.List([CrossAttention(channels[i], context_dim, rngs=rngs)
+                                      for i in self.cross_levels])
         self.out_norm = nnx.GroupNorm(channels[0], num_groups=_groups(channels[0]), rngs=rngs)
         self.out = nnx.Conv(channels[0], out_channels, (3, 3), kernel_init=nnx.initializers.zeros,
                             rngs=rngs)
 
-    def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array | None = None,
+                 context_mask: jax.Array | None = None) -> jax.Array:
+        if (context is None) != (self.context_dim is None):
+            raise ValueError("context must be given exactly when the U-Net was built with "
+                             f"context_dim (context_dim={self.context_dim})")
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must have shape (B, H, W, {self.in_channels}), got {x.shape}")
         factor = 2 ** (self.levels - 1)
@@ -145,21 +241,37 @@ class UNet(nnx.Module):
             raise ValueError(f"x's height and width must divide by {factor}, got {x.shape[1:3]}")
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
         emb = self.time(t)
+        if context is not None:
+            if context_mask is None:
+                context_mask = jnp.ones(context.shape[:2], bool)
+            # The mean of the real tokens conditions every ResBlock through FiLM, as
+            # the time does; cross-attention lets each pixel pick tokens of its own.
+            weights = context_mask.astype(context.dtype)[..., None]
+            pooled = (context * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
+            emb = emb + self.context_to_emb(pooled)
+        cross = dict(zip(self.cross_levels, range(len(self.cross_levels))))
         h = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):
             h = block(h, emb)
+            if i in cross:
+                h = self.cross_down[cross[i]](h, context, context_mask)
             skips.append(h)
             if i < len(self.pool):
                 h = self.pool[i](h)
         h = self.mid(h, emb)
         if self.attn is not None:
             h = self.attn(h)
-        for block in self.up:
+        if context is not None:
+            h = self.cross_mid(h, context, context_mask)
+        for j, block in enumerate(self.up):
+            level = self.levels - 1 - j
             skip = skips.pop()
             if h.shape[1] != skip.shape[1]:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour upsampling
             h = block(jnp.concatenate([h, skip], axis=-1), emb)
+            if level in cross:
+                h = self.cross_up[cross[level]](h, context, context_mask)
         return self.out(nnx.silu(self.out_norm(h)))
 
 
