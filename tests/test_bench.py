@@ -1,3 +1,5 @@
+"""Every chapter's benchmark runs headless, prints one JSON line and saves its samples."""
+
 import json
 import subprocess
 import sys
@@ -5,21 +7,33 @@ import sys
 import numpy as np
 
 
-def test_flow_matching_bench_prints_json_and_saves_samples(tmp_path):
-    path = tmp_path / "samples.npy"
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "flow_matching", "--train-steps", "20",
-                          "--num-samples", "100", "--samples", str(path)],
+def _bench(chapter, *options, keys=()):
+    """Run ``python -m diffbook.bench CHAPTER OPTIONS``; its one JSON line, checked for ``keys``."""
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", chapter, *options],
                          capture_output=True, text=True, check=True, timeout=600)
     lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 1, out.stdout
     result = json.loads(lines[0])
-    for key in ("compile_s", "train_s", "sample_s", "steps", "params", "nfe", "recognised",
-                "recognised_ref", "fd", "fd_ref", "copies"):
-        assert key in result, key
-    assert result["steps"] == 20 and result["config"] == "cpu" and result["nfe"] > 0
-    samples = np.load(path)
-    assert samples.shape == (100, 8, 8, 1) and samples.dtype == np.float32
-    assert samples.min() >= -1.0 and samples.max() <= 1.0
+    missing = [key for key in ("chapter", "config", "compile_s", "train_s", "steps", *keys)
+               if key not in result]
+    assert not missing, missing
+    assert result["chapter"] == chapter and result["config"] == "cpu"
+    return result
+
+
+def _in_range(samples, shape):
+    assert samples.shape == shape and samples.dtype == np.float32
+    assert -1.0 <= samples.min() <= samples.max() <= 1.0
+
+
+def test_flow_matching_bench_prints_json_and_saves_samples(tmp_path):
+    path = tmp_path / "samples.npy"
+    result = _bench("flow_matching", "--train-steps", "20", "--num-samples", "100",
+                    "--samples", str(path),
+                    keys=("sample_s", "params", "nfe", "recognised", "recognised_ref", "fd",
+                          "fd_ref", "copies"))
+    assert result["steps"] == 20 and result["nfe"] > 0
+    _in_range(np.load(path), (100, 8, 8, 1))
 
 
 def test_bench_rejects_unknown_chapters():
@@ -30,33 +44,20 @@ def test_bench_rejects_unknown_chapters():
 
 def test_ddpm_bench_with_ddim(tmp_path):
     path = tmp_path / "samples.npy"
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "ddpm", "--train-steps", "20",
-                          "--sampler", "ddim", "--steps", "5", "--num-samples", "96",
-                          "--samples", str(path)],
-                         capture_output=True, text=True, check=True, timeout=600)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _bench("ddpm", "--train-steps", "20", "--sampler", "ddim", "--steps", "5",
+                    "--num-samples", "96", "--samples", str(path), keys=("fd_ratio",))
     assert result["sampler"] == "ddim" and result["sample_steps"] == 5 and result["nfe"] == 5
-    assert result["digit"] == 2 and "fd_ratio" in result and "train_s" in result
-    samples = np.load(path)
-    assert samples.shape == (96, 8, 8, 1) and -1.0 <= samples.min() <= samples.max() <= 1.0
+    assert result["digit"] == 2
+    _in_range(np.load(path), (96, 8, 8, 1))
 
 
 def test_vae_bench_prints_json_and_saves_samples(tmp_path):
     path = tmp_path / "vae_samples.npy"
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "vae", "--train-steps", "20",
-                          "--samples", str(path)],
-                         capture_output=True, text=True, check=True, timeout=600)
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
-    result = json.loads(lines[0])
-    for key in ("compile_s", "train_s", "test_elbo", "params", "class_tv", "class_tv_ref",
-                "class_hist", "fd", "fd_ref", "fd_ratio", "copies", "nn_ratio"):
-        assert key in result, key
-    assert result["chapter"] == "vae" and result["steps"] == 20 and result["digit"] is None
-    assert result["test_elbo"] < 0
-    samples = np.load(path)
-    assert samples.shape == (1000, 8, 8, 1) and samples.dtype == np.float32
-    assert samples.min() >= -1.0 and samples.max() <= 1.0
+    result = _bench("vae", "--train-steps", "20", "--samples", str(path),
+                    keys=("test_elbo", "params", "class_tv", "class_tv_ref", "class_hist", "fd",
+                          "fd_ref", "fd_ratio", "copies", "nn_ratio"))
+    assert result["steps"] == 20 and result["digit"] is None and result["test_elbo"] < 0
+    _in_range(np.load(path), (1000, 8, 8, 1))
 
 
 def test_vae_bench_needs_enough_samples():
@@ -67,17 +68,30 @@ def test_vae_bench_needs_enough_samples():
 
 def test_mixture_bench_prints_json_and_saves_samples(tmp_path):
     path = tmp_path / "mixture.npy"
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "mixture", "--train-steps", "50",
-                          "--sampler", "ode", "--samples", str(path)],
-                         capture_output=True, text=True, check=True, timeout=600)
-    lines = out.stdout.strip().splitlines()
-    assert len(lines) == 1
-    result = json.loads(lines[0])
-    for key in ("compile_s", "train_s", "sample_s", "nfe", "mode_weights", "weight_error",
-                "w1", "w1_ref", "w1_ratio"):
-        assert key in result, key
-    assert result["chapter"] == "mixture" and result["steps"] == 50 and result["sampler"] == "ode"
+    result = _bench("mixture", "--train-steps", "50", "--sampler", "ode", "--samples", str(path),
+                    keys=("sample_s", "nfe", "mode_weights", "weight_error", "w1", "w1_ref",
+                          "w1_ratio"))
+    assert result["steps"] == 50 and result["sampler"] == "ode"
     assert len(result["mode_weights"]) == 3 and abs(sum(result["mode_weights"]) - 1) < 1e-3
     samples = np.load(path)
     assert samples.shape == (10_000,) and samples.dtype == np.float32
     assert np.all(np.isfinite(samples))
+
+
+def test_emoji_bench_prints_json_and_saves_samples(tmp_path):
+    path = tmp_path / "emoji.npz"
+    result = _bench("emoji", "--train-steps", "4", "--num-emoji", "12", "--guidance", "2.5",
+                    "--samples", str(path),
+                    keys=("sample_s", "nfe", "resolution", "num_emoji", "top1", "top5",
+                          "distance_ratio", "top5_conditional", "top5_unconditional"))
+    assert result["num_emoji"] == 12 and result["resolution"] == 16 and result["guidance"] == 2.5
+    saved = np.load(path)
+    _in_range(saved["samples"], (12, 16, 16, 3))
+    _in_range(saved["train_images"], (12, 16, 16, 3))
+    assert list(saved["prompts"]) == list(saved["train_prompts"]) and len(saved["prompts"]) == 12
+
+
+def test_emoji_bench_rejects_a_negative_guidance_scale():
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "emoji", "--guidance", "-1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "--guidance" in out.stderr

@@ -152,6 +152,66 @@ def bench_mixture(args) -> dict:
     }
 
 
+def bench_emoji(args) -> dict:
+    from . import emoji, nets, train
+    from .schedules import NoiseSchedule
+
+    cfg = emoji.pick_recipe(args.config)
+    if args.num_emoji:
+        cfg = cfg.replace(num_emoji=args.num_emoji)
+    if args.train_steps:
+        cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
+    guidance = emoji.check_guidance(cfg.guidance if args.guidance is None else args.guidance)
+    images, prompts, tokenizer, tokens, mask = emoji.make_data(cfg)
+    schedule = NoiseSchedule.cosine(cfg.num_timesteps)
+    model = emoji.make_model(cfg, tokenizer.vocab_size, seed=args.seed)
+    ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
+                                          warmup=cfg.warmup)
+    history = train.fit(model, optimizer,
+                        lambda m, b, k: emoji.cfg_loss(schedule, m, b, k, p_uncond=cfg.p_uncond),
+                        (images, tokens, mask), steps=cfg.steps, batch_size=cfg.batch_size,
+                        key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
+                        progress=False)
+    sampler = emoji.GuidedDDIM(schedule, cfg.sample_steps, resolution=cfg.resolution)
+    # One image per prompt; the first call compiles, the second is timed.
+    draw = lambda key, scale: sampler(ema, tokens, mask, key, scale=scale)
+    _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1), guidance)
+    samples, sample_s = _timed(draw, jax.random.key(args.seed + 2), guidance)
+    samples = np.asarray(samples)
+    labels = np.arange(len(prompts))
+    fidelity = emoji.prompt_fidelity(samples, labels, images)
+    result = {
+        "chapter": "emoji", "config": cfg.name, "backend": jax.default_backend(),
+        "devices": jax.device_count(), "params": nets.count_params(model),
+        "resolution": cfg.resolution, "num_emoji": len(prompts),
+        "steps": history.steps, "batch_size": history.batch_size,
+        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
+        "final_loss": round(float(history.loss[-100:].mean()), 4), "guidance": guidance,
+        "num_samples": int(len(samples)), "nfe": cfg.sample_steps,
+        "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
+        **{k: round(float(v), 4) for k, v in fidelity.items()},
+    }
+    # The same noise without guidance (scale 1: the conditional model alone) and
+    # without the prompt (scale 0): what guidance adds.
+    for name, scale in (("conditional", 1.0), ("unconditional", 0.0)):
+        if scale != guidance:
+            other = emoji.prompt_fidelity(np.asarray(draw(jax.random.key(args.seed + 2), scale)),
+                                          labels, images)
+            result[f"top5_{name}"] = round(float(other["top5"]), 4)
+    if args.samples:
+        np.savez_compressed(args.samples, samples=samples, prompts=np.array(prompts),
+                            train_images=images, train_prompts=np.array(prompts))
+    return result
+
+
+def _emoji_options(parser):
+    parser.add_argument("--guidance", type=float,
+                        help="guidance scale s of eps_u + s (eps_c - eps_u); 0: no prompt, "
+                             "1: the conditional model without guidance (default: the recipe's)")
+    parser.add_argument("--num-emoji", type=int,
+                        help="override the recipe's number of emoji (for quick checks)")
+
+
 def _mixture_options(parser):
     from .mixture import SAMPLERS
 
@@ -202,7 +262,8 @@ def _vae_options(parser):
 BENCHMARKS = {"flow_matching": (bench_flow_matching, _flow_matching_options),
               "ddpm": (bench_ddpm, _ddpm_options),
               "vae": (bench_vae, _vae_options),
-              "mixture": (bench_mixture, _mixture_options)}
+              "mixture": (bench_mixture, _mixture_options),
+              "emoji": (bench_emoji, _emoji_options)}
 
 
 def main(argv=None) -> int:
@@ -231,6 +292,11 @@ def main(argv=None) -> int:
         parser.error("the ddpm sampler visits every timestep: use --sampler ddim for fewer steps")
     if getattr(args, "steps", None) is not None and not 1 <= args.steps <= 1000:
         parser.error("--steps must be in 1..1000")
+    if getattr(args, "num_emoji", None) is not None and args.num_emoji < 6:
+        parser.error("--num-emoji must be at least 6 (fidelity looks at the 5 nearest)")
+    guidance = getattr(args, "guidance", None)
+    if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
+        parser.error("--guidance must be a finite number >= 0")
     os.environ.setdefault("DIFFBOOK_PROGRESS", "0")
     result = BENCHMARKS[args.chapter][0](args)
     print(json.dumps(result), flush=True)

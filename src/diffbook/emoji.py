@@ -477,3 +477,172 @@ def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict
         "train_spacing": train_spacing,
         "distance_ratio": nn_distance / train_spacing if train_spacing > 0 else float("inf"),
     }
+
+
+# --------------------------------------------------------------------------
+# The text-conditioned model, its loss with condition dropout, and guided
+# sampling, as taught in the emoji chapter.
+# --------------------------------------------------------------------------
+
+#: The chapter's two recipes; :func:`pick_recipe` chooses one.  ``guidance`` is
+#: the scale ``s`` of ``eps_uncond + s * (eps_cond - eps_uncond)``.
+RECIPE = {
+    "cpu": dict(resolution=16, num_emoji=300, max_len=8, text_dim=64, text_layers=2,
+                channels=(16, 32, 64), emb_dim=64, batch_size=64, steps=2800, peak_lr=2e-3,
+                warmup=100, ema_decay=0.995, p_uncond=0.1, num_timesteps=1000,
+                sample_steps=25, guidance=5.0),
+    "accelerator": dict(resolution=32, num_emoji=None, max_len=8, text_dim=128, text_layers=3,
+                        channels=(64, 128, 256), emb_dim=128, batch_size=256, steps=20000,
+                        peak_lr=1e-3, warmup=500, ema_decay=0.999, p_uncond=0.1,
+                        num_timesteps=1000, sample_steps=50, guidance=5.0),
+}
+
+
+def pick_recipe(choice: str | None = None):
+    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
+    from . import config
+
+    return config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
+
+
+def _nnx():
+    from flax import nnx
+
+    return nnx
+
+
+class TextToImage(_nnx().Module):
+    """A :class:`~diffbook.nets.TextEncoder` and a cross-attending
+    :class:`~diffbook.nets.UNet`, trained together.
+
+    ``model(x_t, t, tokens, mask)`` predicts the noise in ``x_t`` (B, R, R, 3)
+    at times ``t`` in [0, 1) given a prompt's word ids ``tokens`` and its
+    padding ``mask`` (B, L), both from :class:`Tokenizer.encode`.  A mask that is
+    all False is the empty prompt: the unconditional model of classifier-free
+    guidance.
+    """
+
+    def __init__(self, vocab_size: int, *, max_len: int = 8, text_dim: int = 64,
+                 text_layers: int = 2, channels=(16, 32, 64), emb_dim: int = 64, rngs):
+        from .nets import TextEncoder, UNet
+
+        self.text = TextEncoder(vocab_size, text_dim, max_len=max_len, layers=text_layers,
+                                rngs=rngs)
+        self.unet = UNet(3, channels, emb_dim=emb_dim, context_dim=text_dim, rngs=rngs)
+
+    def __call__(self, x, t, tokens, mask):
+        context, context_mask = self.text(tokens, mask)
+        return self.unet(x, t, context, context_mask)
+
+
+def make_model(cfg, vocab_size: int, *, seed: int = 0) -> TextToImage:
+    """The recipe's :class:`TextToImage` with its initial parameters from ``seed``."""
+    nnx = _nnx()
+    return TextToImage(vocab_size, max_len=cfg.max_len, text_dim=cfg.text_dim,
+                       text_layers=cfg.text_layers, channels=cfg.channels, emb_dim=cfg.emb_dim,
+                       rngs=nnx.Rngs(seed))
+
+
+def cfg_loss(schedule, model, batch, key, *, p_uncond: float = 0.1):
+    """The noise-prediction loss with *condition dropout*.
+
+    ``batch = (images, tokens, mask)``.  Each example's prompt is dropped (its mask
+    set to all False) with probability ``p_uncond``, so one network learns both
+    the conditional and the unconditional noise prediction that classifier-free
+    guidance combines.
+    """
+    import jax
+
+    from .ddpm import diffusion_loss
+
+    if not 0.0 <= p_uncond < 1.0:
+        raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}")
+    images, tokens, mask = batch
+    k_drop, k_loss = jax.random.split(key)
+    keep = jax.random.uniform(k_drop, (images.shape[0], 1)) >= p_uncond
+    mask = mask & keep
+    return diffusion_loss(schedule, lambda x, t: model(x, t, tokens, mask), images, k_loss)
+
+
+def check_guidance(scale) -> float:
+    """``scale`` as a float, or a ``ValueError`` if it is negative or not finite."""
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"guidance scale must be a number, got {scale!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"guidance scale must be finite and >= 0, got {scale!r}")
+    return value
+
+
+def _guided(model, tokens, mask, scale, num_timesteps: int):
+    import jax.numpy as jnp
+
+    tokens2 = jnp.concatenate([tokens, tokens])
+    mask2 = jnp.concatenate([mask, jnp.zeros_like(mask)])
+
+    def model_fn(x, t):
+        n = x.shape[0]
+        eps = model(jnp.concatenate([x, x]), jnp.concatenate([t, t]) / num_timesteps,
+                    tokens2, mask2)
+        cond, uncond = eps[:n], eps[n:]
+        return uncond + scale * (cond - uncond)
+
+    return model_fn
+
+
+def guided_model_fn(model, tokens, mask, scale: float, num_timesteps: int):
+    """The ``model_fn(x, t_int)`` of :mod:`diffbook.samplers` with classifier-free
+    guidance: ``eps_uncond + scale * (eps_cond - eps_uncond)``.
+
+    The conditional and the unconditional predictions come from *one* network
+    call on a batch twice the size (the second half with every word masked).
+    ``scale = 0`` is the unconditional model, ``scale = 1`` the conditional one
+    without guidance; larger values push further along the prompt's direction.
+    """
+    return _guided(model, tokens, mask, check_guidance(scale), num_timesteps)
+
+
+class GuidedDDIM:
+    """Deterministic DDIM (eta = 0) with classifier-free guidance, compiled once.
+
+    ``GuidedDDIM(schedule, steps)(model, tokens, mask, key, scale=s)`` draws one
+    image per prompt, (B, R, R, 3) clipped to [-1, 1], starting from noise drawn
+    with ``key``.  ``steps`` network calls, each on a batch of 2B.  The scale is
+    an input of the compiled function, so trying several scales compiles once.
+    """
+
+    def __init__(self, schedule, steps: int, *, resolution: int):
+        from . import samplers
+
+        nnx = _nnx()
+        samplers.ddim_timesteps(schedule.num_steps, steps)   # validates steps
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        self.schedule, self.steps, self.resolution = schedule, steps, resolution
+
+        def run(model, tokens, mask, x_T, scale):
+            fn = _guided(model, tokens, mask, scale, schedule.num_steps)
+            return samplers.ddim_sample(schedule, fn, x_T, steps=steps)
+
+        self._run = nnx.jit(run)
+
+    def __call__(self, model, tokens, mask, key, *, scale: float):
+        import jax
+        import jax.numpy as jnp
+
+        scale = check_guidance(scale)
+        tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
+        if tokens.ndim != 2 or tokens.shape != mask.shape:
+            raise ValueError(f"tokens and mask must have one shape (B, L), got {tokens.shape} "
+                             f"and {mask.shape}")
+        x_T = jax.random.normal(key, (tokens.shape[0], self.resolution, self.resolution, 3))
+        return jnp.clip(self._run(model, tokens, mask, x_T, jnp.float32(scale)), -1.0, 1.0)
+
+
+def make_data(cfg):
+    """The recipe's training set: ``(images, prompts, tokenizer, tokens, mask)``."""
+    images, prompts = load_emoji(cfg.resolution, limit=cfg.num_emoji)
+    tokenizer = Tokenizer.fit(prompts)
+    tokens, mask = tokenizer.encode(prompts, cfg.max_len)
+    return images, prompts, tokenizer, tokens, mask

@@ -7,10 +7,11 @@ import numpy as np
 
 
 def image_grid(images, *, ncols: int = 8, title: str | None = None, size: float = 0.6,
-               row_labels=None, ax=None):
+               row_labels=None, col_labels=None, ax=None):
     """Show images ``(N, H, W, C)`` in ``[-1, 1]`` as a grid; returns the figure.
 
     Grey-scale for one channel, RGB for three.  ``size`` is inches per image.
+    ``row_labels`` and ``col_labels`` name the rows (left) and columns (top).
     """
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -36,6 +37,11 @@ def image_grid(images, *, ncols: int = 8, title: str | None = None, size: float 
         ax.set_yticks([r * (h + pad) + h / 2 for r in range(len(row_labels))])
         ax.set_yticklabels(row_labels)
         ax.tick_params(left=False)
+    if col_labels is not None:
+        ax.xaxis.tick_top()
+        ax.set_xticks([c * (w + pad) + w / 2 for c in range(len(col_labels))])
+        ax.set_xticklabels(col_labels)
+        ax.tick_params(top=False)
     for spine in ax.spines.values():
         spine.set_visible(False)
     if title:
