@@ -27,3 +27,13 @@ def test_replace_and_missing_keys():
         cfg.replace(m=1)
     with pytest.raises(AttributeError, match="no setting 'm'"):
         cfg.m
+
+
+def test_checkpoint_dir_follows_the_environment(monkeypatch, tmp_path):
+    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    monkeypatch.delenv("DIFFBOOK_CHECKPOINTS", raising=False)
+    assert config.checkpoint_dir("ddpm", cfg) is None
+    monkeypatch.setenv("DIFFBOOK_CHECKPOINTS", str(tmp_path))
+    assert config.checkpoint_dir("ddpm", cfg) == tmp_path / "ddpm-cpu"
+    with pytest.raises(ValueError, match="run"):
+        config.checkpoint_dir("a/b", cfg)

@@ -151,8 +151,12 @@ def test_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
                     jax.tree.leaves(nnx.state((model2, ema2), nnx.Param))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # A finished run found in the folder is not trained again.
-    _, _, again = run(checkpoint_dir=directory)
-    assert again.steps == 30 and len(again.loss) == 30
+    model3, ema3, again = run(checkpoint_dir=directory)
+    assert again.steps == 30 and again.compile_s == 0.0
+    np.testing.assert_array_equal(again.loss, h2.loss)
+    for a, b in zip(jax.tree.leaves(nnx.state((model2, ema2), nnx.Param)),
+                    jax.tree.leaves(nnx.state((model3, ema3), nnx.Param))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_resume_settings_raise(tmp_path):

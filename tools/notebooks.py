@@ -10,11 +10,17 @@ a CPU gives the same numbers on every run.
     python tools/notebooks.py check
 
 fails if any ``.ipynb`` has inputs that differ from its ``.md``.
+
+    python tools/notebooks.py timings [notebooks/NN_name.md ...]
+
+executes each chapter without writing anything and prints how long each code
+cell took (the figures of the teachers' page).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import datetime
 import sys
 from pathlib import Path
 
@@ -47,6 +53,26 @@ def execute(md: Path, timeout: int = 1200) -> None:
     print(f"executed {md.relative_to(ROOT)} -> {md.with_suffix('.ipynb').name}")
 
 
+def timings(md: Path, timeout: int = 1200) -> None:
+    nb = jupytext.read(md)
+    os.environ["DIFFBOOK_PROGRESS"] = "0"
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
+                            resources={"metadata": {"path": str(md.parent)}})
+    client.execute()
+    total = 0.0
+    print(f"## {md.stem}")
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        times = cell.metadata["execution"]
+        start = datetime.fromisoformat(times["iopub.execute_input"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(times["shell.execute_reply"].replace("Z", "+00:00"))
+        seconds = (end - start).total_seconds()
+        total += seconds
+        first = next((line for line in cell.source.splitlines()
+                      if line.strip() and not line.startswith(("#", ":"))), "")
+        print(f"{i:3d} {seconds:7.1f} s  {first[:70]}")
+    print(f"    {total:7.1f} s  in all")
+
+
 def check() -> int:
     bad = 0
     for md in chapters([]):
@@ -69,6 +95,9 @@ if __name__ == "__main__":
     if cmd == "execute":
         for md in chapters(rest):
             execute(md)
+    elif cmd == "timings":
+        for md in chapters(rest):
+            timings(md)
     elif cmd == "check":
         sys.exit(check())
     else:

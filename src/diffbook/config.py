@@ -64,3 +64,22 @@ def describe(config: Config) -> str:
     kind = devices[0].device_kind if devices[0].platform != "cpu" else "CPU"
     return (f"configuration {config.name!r} on {len(devices)} {jax.default_backend()} "
             f"device{'s' if len(devices) > 1 else ''} ({kind})")
+
+
+def checkpoint_dir(run: str, config: Config):
+    """Where a chapter's training run keeps its Orbax checkpoints, or ``None``.
+
+    Set ``DIFFBOOK_CHECKPOINTS`` to a folder to turn checkpoints on: each run then
+    saves into ``$DIFFBOOK_CHECKPOINTS/<run>-<config name>`` and, when started
+    again, resumes from what is there (a finished run is loaded, not retrained).
+    That is how a teacher pre-trains the chapters once and hands the folder to a
+    class.  Unset (the default, and in the tests), nothing is saved.
+    """
+    if not isinstance(run, str) or not run or "/" in run:
+        raise ValueError(f"run must be a non-empty name without '/', got {run!r}")
+    root = os.environ.get("DIFFBOOK_CHECKPOINTS")
+    if not root:
+        return None
+    from pathlib import Path
+
+    return Path(root).expanduser() / f"{run}-{config.name}"

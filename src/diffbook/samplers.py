@@ -228,7 +228,7 @@ def pc_sample(schedule, model_fn, key, shape, *, corrector_steps: int = 1, snr: 
     ``predictor="none"`` leaves only the corrector: annealed Langevin dynamics
     (Song & Ermon 2019) down the schedule's noise levels.
     Costs ``T * (corrector_steps + 1)`` network calls with the ancestral
-    predictor and ``T * corrector_steps`` without.
+    predictor and ``T * corrector_steps + 1`` without (the last one denoises).
     """
     if predictor not in ("ancestral", "none"):
         raise ValueError(f"predictor must be 'ancestral' or 'none', got {predictor!r}")
@@ -264,12 +264,13 @@ def pc_sample(schedule, model_fn, key, shape, *, corrector_steps: int = 1, snr: 
         if corrector_steps:
             x_c, _ = jax.lax.scan(correct, x, jax.random.split(k_corr, corrector_steps))
             x = jnp.where(t > 0, x_c, x)   # the last step lands on data: no correction
-        if predictor == "none":            # finish with the predicted clean sample
-            x = jnp.where(t > 0, x, schedule.to_x0_eps(model_fn(x, tb), x, tb, prediction)[0])
         return x, None
 
     ts = jnp.arange(schedule.num_steps - 1, -1, -1)
     x, _ = jax.lax.scan(body, x, (ts, jax.random.split(key, schedule.num_steps)))
+    if predictor == "none":   # finish with the predicted clean sample: one more call
+        t0 = jnp.zeros((shape[0],), jnp.int32)
+        x = schedule.to_x0_eps(model_fn(x, t0), x, t0, prediction)[0]
     return x
 
 

@@ -129,6 +129,8 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         latest checkpoint found there.  Batches and loss keys are derived from
         ``key`` and the step number, so a resumed run ends exactly where an
         uninterrupted one would.
+      checkpoint_dir: (see above) :func:`diffbook.config.checkpoint_dir` gives the
+        folder a chapter uses when ``DIFFBOOK_CHECKPOINTS`` is set.
       stop_after: return after this many steps of this call (the run is then
         unfinished; call again with the same ``checkpoint_dir`` to go on). For
         sessions with a time limit, such as Colab.
@@ -188,10 +190,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=desc, leave=False)
-    t0 = time.perf_counter()
     keys = jax.random.split(key, steps)
-    compiled = train_step.lower(state, keys[0]).compile()
-    compile_s = time.perf_counter() - t0
     losses, pending = [], []
     start, manager = 0, None
     if checkpoint_dir is not None:
@@ -206,6 +205,10 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
             if bar is not None:
                 bar.update(start)
     end = steps if stop_after is None else min(steps, start + stop_after)
+    # A finished run loaded from its checkpoint needs no compiled step at all.
+    t0 = time.perf_counter()
+    compiled = train_step.lower(state, keys[0]).compile() if start < end else None
+    compile_s = time.perf_counter() - t0 if start < end else 0.0
 
     def check(upto: int):
         # Fetching the pending losses waits for the device: do it only now and then.

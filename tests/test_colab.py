@@ -1,0 +1,67 @@
+"""Colab: every chapter opens from a badge and installs what is missing, only then."""
+
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+
+import jupytext
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted(p for p in (ROOT / "notebooks").glob("*.md") if p.name != "README.md")
+REPO = re.search(r"url:\s*https://github.com/(\S+)", (ROOT / "_config.yml").read_text()).group(1)
+
+
+def _install_cell(md: Path) -> str:
+    code = [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
+    assert "find_spec(\"diffbook\")" in code[0], f"{md.name}: the install cell must come first"
+    return code[0]
+
+
+def _pins() -> dict:
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_install_cell_does_nothing_where_diffbook_is_importable(md, monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    exec(_install_cell(md), {})
+    assert calls == []
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_install_cell_installs_the_pinned_versions_when_missing(md, monkeypatch):
+    calls = []
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "diffbook" else real(name, *a))
+    monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
+    exec(_install_cell(md), {})
+    assert len(calls) == 1, "one quiet pip call"
+    args = calls[0]
+    assert args[1:4] == ["-m", "pip", "install"] and "-q" in args
+    pins = _pins()
+    for arg in args[4:]:
+        if "==" in arg:   # every pinned package matches requirements.txt
+            name, version = arg.split("==")
+            assert pins[name.lower()] == version, arg
+    assert any(a.startswith("flax==") for a in args)
+    assert f"diffbook @ git+https://github.com/{REPO}" in args
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_every_chapter_has_a_colab_badge_for_its_own_notebook(md):
+    url = f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{md.stem}.ipynb"
+    assert url in md.read_text()
+    assert (ROOT / "notebooks" / f"{md.stem}.ipynb").exists()
+
+
+def test_the_book_has_a_colab_launch_button():
+    assert "colab_url: \"https://colab.research.google.com\"" in (ROOT / "_config.yml").read_text()
