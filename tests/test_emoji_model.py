@@ -32,7 +32,9 @@ def test_every_parameter_gets_a_gradient():
     model = _model()
     tokens, mask = _prompts()
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
-    grads = nnx.grad(lambda m: jnp.sum(m(x, jnp.full((3,), 0.3), tokens, mask) ** 2))(model)
+    # Compiled: op by op, the gradient of this model takes far longer.
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x, jnp.full((3,), 0.3), tokens, mask) ** 2)))(
+        model)
     flat = jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]
     dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g))]
     assert not dead, f"parameters without gradient: {dead}"

@@ -2,10 +2,10 @@
 
     python tools/notebooks.py execute [notebooks/NN_name.md ...]
 
-reads each MyST source (``.md``), executes it in a fresh kernel and writes the
-paired ``.ipynb`` with its outputs.  Execution is reproducible: no timing
-metadata is recorded, progress bars are off (``DIFFBOOK_PROGRESS=0``), and JAX on
-a CPU gives the same numbers on every run.
+reads each MyST source (``.md``), executes it in a fresh kernel, prints how long
+each code cell took and writes the paired ``.ipynb`` with its outputs.  Execution
+is reproducible: no timing metadata is stored, progress bars are off
+(``DIFFBOOK_PROGRESS=0``), and JAX on a CPU gives the same numbers on every run.
 
     python tools/notebooks.py check
 
@@ -39,26 +39,17 @@ def chapters(args) -> list[Path]:
     return sorted(p for p in NOTEBOOKS.glob("*.md") if p.name != "README.md")
 
 
-def execute(md: Path, timeout: int = 1200) -> None:
-    nb = jupytext.read(md)
-    os.environ["DIFFBOOK_PROGRESS"] = "0"
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(md.parent)}})
-    client.execute()
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
-    nb.metadata.pop("widgets", None)
-    nb.metadata["jupytext"] = {"formats": "ipynb,md:myst"}
-    nbformat.write(nb, md.with_suffix(".ipynb"))
-    print(f"executed {md.relative_to(ROOT)} -> {md.with_suffix('.ipynb').name}")
-
-
-def timings(md: Path, timeout: int = 1200) -> None:
+def _run(md: Path, timeout: int = 1200):
+    """Execute a chapter's MyST source in a fresh kernel; the notebook, with timings."""
     nb = jupytext.read(md)
     os.environ["DIFFBOOK_PROGRESS"] = "0"
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
                             resources={"metadata": {"path": str(md.parent)}})
     client.execute()
+    return nb
+
+
+def _print_timings(md: Path, nb) -> None:
     total = 0.0
     print(f"## {md.stem}")
     for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
@@ -71,6 +62,22 @@ def timings(md: Path, timeout: int = 1200) -> None:
                       if line.strip() and not line.startswith(("#", ":"))), "")
         print(f"{i:3d} {seconds:7.1f} s  {first[:70]}")
     print(f"    {total:7.1f} s  in all")
+
+
+def execute(md: Path) -> None:
+    nb = _run(md)
+    _print_timings(md, nb)
+    # The stored notebook keeps no timing metadata, so re-running changes nothing.
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+    nb.metadata.pop("widgets", None)
+    nb.metadata["jupytext"] = {"formats": "ipynb,md:myst"}
+    nbformat.write(nb, md.with_suffix(".ipynb"))
+    print(f"executed {md.relative_to(ROOT)} -> {md.with_suffix('.ipynb').name}")
+
+
+def timings(md: Path) -> None:
+    _print_timings(md, _run(md))
 
 
 def check() -> int:

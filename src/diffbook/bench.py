@@ -159,6 +159,8 @@ def bench_emoji(args) -> dict:
     cfg = emoji.pick_recipe(args.config)
     if args.num_emoji:
         cfg = cfg.replace(num_emoji=args.num_emoji)
+    if args.prediction:
+        cfg = cfg.replace(prediction=args.prediction)
     if args.train_steps:
         cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
     guidance = emoji.check_guidance(cfg.guidance if args.guidance is None else args.guidance)
@@ -168,11 +170,13 @@ def bench_emoji(args) -> dict:
     ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
                                           warmup=cfg.warmup)
     history = train.fit(model, optimizer,
-                        lambda m, b, k: emoji.cfg_loss(schedule, m, b, k, p_uncond=cfg.p_uncond),
+                        lambda m, b, k: emoji.cfg_loss(schedule, m, b, k, p_uncond=cfg.p_uncond,
+                                                       prediction=cfg.prediction),
                         (images, tokens, mask), steps=cfg.steps, batch_size=cfg.batch_size,
                         key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
                         progress=False)
-    sampler = emoji.GuidedDDIM(schedule, cfg.sample_steps, resolution=cfg.resolution)
+    sampler = emoji.GuidedDDIM(schedule, cfg.sample_steps, resolution=cfg.resolution,
+                               prediction=cfg.prediction)
     # One image per prompt; the first call compiles, the second is timed.
     draw = lambda key, scale: sampler(ema, tokens, mask, key, scale=scale)
     _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1), guidance)
@@ -186,7 +190,8 @@ def bench_emoji(args) -> dict:
         "resolution": cfg.resolution, "num_emoji": len(prompts),
         "steps": history.steps, "batch_size": history.batch_size,
         "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
-        "final_loss": round(float(history.loss[-100:].mean()), 4), "guidance": guidance,
+        "final_loss": round(float(history.loss[-100:].mean()), 4),
+        "prediction": cfg.prediction, "guidance": guidance,
         "num_samples": int(len(samples)), "nfe": cfg.sample_steps,
         "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
         **{k: round(float(v), 4) for k, v in fidelity.items()},
@@ -208,6 +213,8 @@ def _emoji_options(parser):
     parser.add_argument("--guidance", type=float,
                         help="guidance scale s of eps_u + s (eps_c - eps_u); 0: no prompt, "
                              "1: the conditional model without guidance (default: the recipe's)")
+    parser.add_argument("--prediction", choices=["epsilon", "v"],
+                        help="what the network predicts (default: the recipe's, v)")
     parser.add_argument("--num-emoji", type=int,
                         help="override the recipe's number of emoji (for quick checks)")
 
