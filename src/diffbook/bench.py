@@ -301,9 +301,13 @@ def main(argv=None) -> int:
         parser.error("--steps must be in 1..1000")
     if getattr(args, "num_emoji", None) is not None and args.num_emoji < 6:
         parser.error("--num-emoji must be at least 6 (fidelity looks at the 5 nearest)")
-    guidance = getattr(args, "guidance", None)
-    if guidance is not None and not (np.isfinite(guidance) and guidance >= 0):
-        parser.error("--guidance must be a finite number >= 0")
+    if getattr(args, "guidance", None) is not None:
+        from .emoji import check_guidance
+
+        try:
+            check_guidance(args.guidance)
+        except ValueError as err:
+            parser.error(f"--guidance: {err}")
     os.environ.setdefault("DIFFBOOK_PROGRESS", "0")
     result = BENCHMARKS[args.chapter][0](args)
     print(json.dumps(result), flush=True)

@@ -63,7 +63,10 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from .data import check_images
 
@@ -507,13 +510,7 @@ def pick_recipe(choice: str | None = None):
     return config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
 
 
-def _nnx():
-    from flax import nnx
-
-    return nnx
-
-
-class TextToImage(_nnx().Module):
+class TextToImage(nnx.Module):
     """A :class:`~diffbook.nets.TextEncoder` and a cross-attending
     :class:`~diffbook.nets.UNet`, trained together.
 
@@ -539,7 +536,6 @@ class TextToImage(_nnx().Module):
 
 def make_model(cfg, vocab_size: int, *, seed: int = 0) -> TextToImage:
     """The recipe's :class:`TextToImage` with its initial parameters from ``seed``."""
-    nnx = _nnx()
     return TextToImage(vocab_size, max_len=cfg.max_len, text_dim=cfg.text_dim,
                        text_layers=cfg.text_layers, channels=cfg.channels, emb_dim=cfg.emb_dim,
                        rngs=nnx.Rngs(seed))
@@ -555,8 +551,6 @@ def cfg_loss(schedule, model, batch, key, *, p_uncond: float = 0.1,
     the conditional and the unconditional noise prediction that classifier-free
     guidance combines.
     """
-    import jax
-
     from .ddpm import diffusion_loss
 
     if not 0.0 <= p_uncond < 1.0:
@@ -581,8 +575,6 @@ def check_guidance(scale) -> float:
 
 
 def _guided(model, tokens, mask, scale, num_timesteps: int):
-    import jax.numpy as jnp
-
     tokens2 = jnp.concatenate([tokens, tokens])
     mask2 = jnp.concatenate([mask, jnp.zeros_like(mask)])
 
@@ -622,7 +614,6 @@ class GuidedDDIM:
     def __init__(self, schedule, steps: int, *, resolution: int, prediction: str = "epsilon"):
         from . import samplers
 
-        nnx = _nnx()
         samplers.ddim_timesteps(schedule.num_steps, steps)   # validates steps
         if resolution not in RESOLUTIONS:
             raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
@@ -635,9 +626,6 @@ class GuidedDDIM:
         self._run = nnx.jit(run)
 
     def __call__(self, model, tokens, mask, key, *, scale: float):
-        import jax
-        import jax.numpy as jnp
-
         scale = check_guidance(scale)
         tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
         if tokens.ndim != 2 or tokens.shape != mask.shape:
