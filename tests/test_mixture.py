@@ -115,14 +115,43 @@ def test_every_sampler_gets_the_mode_weights_right_with_the_exact_score(name):
     # Any error left is the sampler's own.
     sched = mixture.make_schedule(mixture.pick_recipe("cpu"))
 
-    def oracle(x, u):
-        ab = sched.alpha_bar_at(u)[:, None]
-        eps = -jnp.sqrt(1 - ab) * mixture.STANDARD.noised_score(x[:, 0], ab[:, 0])[:, None]
-        x0 = (x - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab)
-        return jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0
+    oracle = mixture.oracle_net(sched)
 
     x, nfe = jax.jit(lambda k: mixture.SAMPLERS[name](sched, oracle, k, 4000))(jax.random.key(5))
     q = mixture.quality(MIXTURE, mixture.unstandardise(x))
     assert int(nfe) > 0
     assert q["weight_error"] < 0.03, (name, q)
     assert q["w1_ratio"] < 2.5, (name, q)
+
+
+@pytest.mark.parametrize("u", [0.2, 0.5, 0.8])
+def test_oracle_net_is_the_conditional_mean_of_the_v_target(u):
+    # E[v | z] is the best v-prediction, so its residual has mean zero and is
+    # uncorrelated with any function of z: with z itself and with the prediction.
+    sched = mixture.make_schedule(mixture.pick_recipe("cpu"))
+    oracle = mixture.oracle_net(sched)
+    n = 200_000
+    k_x, k_eps = jax.random.split(jax.random.key(3))
+    x0 = mixture.standardise(MIXTURE.sample(k_x, n))
+    eps = jax.random.normal(k_eps, (n, 1))
+    uu = jnp.full((n,), u)
+    ab = sched.alpha_bar_at(uu)[:, None]
+    z = jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * eps
+    v = jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0
+    pred = oracle(z, uu)
+    resid = np.asarray(v - pred, np.float64)[:, 0]
+    assert abs(resid.mean()) < 0.01
+    for f in (np.asarray(z)[:, 0], np.asarray(pred)[:, 0]):
+        assert abs(np.corrcoef(resid, f)[0, 1]) < 0.01
+    # ...so shifting it by 0.1 costs about 0.1**2 of mean squared error.
+    assert np.mean((resid - 0.1) ** 2) - np.mean(resid**2) > 0.008
+
+
+def test_oracle_net_rejects_bad_arguments():
+    sched = mixture.make_schedule(mixture.pick_recipe("cpu"))
+    with pytest.raises(TypeError, match="schedule"):
+        mixture.oracle_net("cosine")
+    with pytest.raises(TypeError, match="mix"):
+        mixture.oracle_net(sched, mix=None)
+    with pytest.raises(ValueError, match="z"):
+        mixture.oracle_net(sched)(jnp.zeros((4,)), jnp.zeros((4,)))

@@ -243,6 +243,31 @@ def unstandardise(z) -> np.ndarray:
 STANDARD = MIXTURE.affine(1.0 / MIXTURE.std, -MIXTURE.mean / MIXTURE.std)
 
 
+def oracle_net(schedule: NoiseSchedule, mix: GaussianMixture1D = STANDARD):
+    """A perfect v-predicting "network" ``net(z, u)`` for ``mix`` under ``schedule``.
+
+    It has the signature of a trained :class:`MixtureMLP` (``z`` of shape ``(n, 1)``,
+    ``u = t / T`` of shape ``(n,)``) and returns the exact v of the noised mixture:
+    the ideal noise prediction is ``eps = -sqrt(1 - ab) * score`` and, with
+    ``x0 = (z - sqrt(1 - ab) eps) / sqrt(ab)``, ``v = sqrt(ab) eps - sqrt(1 - ab) x0``.
+    A sampler run with it shows its own error, free of the network's.
+    """
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    if not isinstance(mix, GaussianMixture1D):
+        raise TypeError(f"mix must be a GaussianMixture1D, got {type(mix).__name__}")
+
+    def net(z, u):
+        if z.ndim != 2 or z.shape[1] != 1:
+            raise ValueError(f"z must have shape (n, 1), got {z.shape}")
+        ab = schedule.alpha_bar_at(u)[:, None]
+        eps = -jnp.sqrt(1 - ab) * mix.noised_score(z[:, 0], ab[:, 0])[:, None]
+        x0 = (z - jnp.sqrt(1 - ab) * eps) / jnp.sqrt(ab)
+        return jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * x0
+
+    return net
+
+
 def make_schedule(cfg) -> NoiseSchedule:
     """The recipe's noise schedule."""
     return {"cosine": NoiseSchedule.cosine, "linear": NoiseSchedule.linear}[cfg.schedule](
