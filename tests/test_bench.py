@@ -88,7 +88,8 @@ def test_emoji_bench_prints_json_and_saves_samples(tmp_path):
     saved = np.load(path)
     _in_range(saved["samples"], (12, 16, 16, 3))
     _in_range(saved["train_images"], (12, 16, 16, 3))
-    assert list(saved["prompts"]) == list(saved["train_prompts"]) and len(saved["prompts"]) == 12
+    prompts = list(saved["prompts"])
+    assert len(prompts) == 12 and len(set(prompts)) == 12 and all(p.strip() for p in prompts)
 
 
 def test_emoji_bench_rejects_a_negative_guidance_scale():

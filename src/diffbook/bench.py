@@ -204,8 +204,9 @@ def bench_emoji(args) -> dict:
                                           labels, images)
             result[f"top5_{name}"] = round(float(other["top5"]), 4)
     if args.samples:
+        # Sample i was prompted by prompts[i], the name of train_images[i].
         np.savez_compressed(args.samples, samples=samples, prompts=np.array(prompts),
-                            train_images=images, train_prompts=np.array(prompts))
+                            train_images=images)
     return result
 
 
