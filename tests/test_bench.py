@@ -6,10 +6,14 @@ import sys
 
 import numpy as np
 
+from diffbook import data
+
 
 def _bench(chapter, *options, keys=()):
     """Run ``python -m diffbook.bench CHAPTER OPTIONS``; its one JSON line, checked for ``keys``."""
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", chapter, *options],
+    # The CPU recipe everywhere, so that the test means the same on a GPU machine.
+    out = subprocess.run([sys.executable, "-m", "diffbook.bench", chapter, "--config", "cpu",
+                          *options],
                          capture_output=True, text=True, check=True, timeout=600)
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out.stdout
@@ -26,14 +30,23 @@ def _in_range(samples, shape):
     assert -1.0 <= samples.min() <= samples.max() <= 1.0
 
 
+def _digit_samples(path, shape, digit):
+    """The saved digits and the indices of the images the model trained on."""
+    saved = np.load(path)
+    _in_range(saved["samples"], shape)
+    np.testing.assert_array_equal(saved["train_indices"], data.split_indices("train", digit))
+    assert not set(saved["train_indices"]) & set(data.split_indices("held_out"))
+
+
 def test_flow_matching_bench_prints_json_and_saves_samples(tmp_path):
-    path = tmp_path / "samples.npy"
+    path = tmp_path / "samples.npz"
     result = _bench("flow_matching", "--train-steps", "20", "--num-samples", "100",
                     "--samples", str(path),
-                    keys=("sample_s", "params", "nfe", "recognised", "recognised_ref", "fd",
-                          "fd_ref", "copies"))
-    assert result["steps"] == 20 and result["nfe"] > 0
-    _in_range(np.load(path), (100, 8, 8, 1))
+                    keys=("sample_s", "params", "nfe", "recognised", "recognised_gen",
+                          "recognised_mem", "fd", "fd_gen", "fd_mem", "copies", "nn_ratio"))
+    # (nfe is counted against real network calls in tests/test_samplers.py.)
+    assert result["steps"] == 20 and result["n_held_out"] == 59
+    _digit_samples(path, (100, 8, 8, 1), 2)
 
 
 def test_bench_rejects_unknown_chapters():
@@ -43,27 +56,28 @@ def test_bench_rejects_unknown_chapters():
 
 
 def test_ddpm_bench_with_ddim(tmp_path):
-    path = tmp_path / "samples.npy"
+    path = tmp_path / "samples.npz"
     result = _bench("ddpm", "--train-steps", "20", "--sampler", "ddim", "--steps", "5",
                     "--num-samples", "96", "--samples", str(path), keys=("fd_ratio",))
     assert result["sampler"] == "ddim" and result["sample_steps"] == 5 and result["nfe"] == 5
     assert result["digit"] == 2
-    _in_range(np.load(path), (96, 8, 8, 1))
+    _digit_samples(path, (96, 8, 8, 1), 2)
 
 
 def test_vae_bench_prints_json_and_saves_samples(tmp_path):
-    path = tmp_path / "vae_samples.npy"
+    path = tmp_path / "vae_samples.npz"
     result = _bench("vae", "--train-steps", "20", "--samples", str(path),
-                    keys=("test_elbo", "params", "class_tv", "class_tv_ref", "class_hist", "fd",
-                          "fd_ref", "fd_ratio", "copies", "nn_ratio"))
-    assert result["steps"] == 20 and result["digit"] is None and result["test_elbo"] < 0
-    _in_range(np.load(path), (1000, 8, 8, 1))
+                    keys=("held_out_elbo", "params", "class_tv", "class_tv_gen", "class_hist",
+                          "fd", "fd_gen", "fd_mem", "fd_ratio", "copies", "nn_ratio"))
+    assert result["steps"] == 20 and result["digit"] is None and result["held_out_elbo"] < 0
+    _digit_samples(path, (1000, 8, 8, 1), None)
 
 
 def test_vae_bench_needs_enough_samples():
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "vae", "--num-samples", "100"],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and "at least 899" in out.stderr
+    for chapter, needed in (("vae", 599), ("ddpm", 59), ("flow_matching", 59)):
+        out = subprocess.run([sys.executable, "-m", "diffbook.bench", chapter, "--num-samples",
+                              str(needed - 1)], capture_output=True, text=True)
+        assert out.returncode == 2 and f"at least {needed}" in out.stderr
 
 
 def test_mixture_bench_prints_json_and_saves_samples(tmp_path):

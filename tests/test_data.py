@@ -19,6 +19,29 @@ def test_one_digit_and_fresh_copies():
     assert again.std() > 0.5
 
 
+def test_split_is_fixed_disjoint_and_stratified():
+    train, held = data.split_indices("train"), data.split_indices("held_out")
+    assert len(train) + len(held) == 1797 and not set(train) & set(held)
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, held])), np.arange(1797))
+    _, labels = data.load_digits()
+    for c in range(10):
+        n_c = np.sum(labels == c)
+        assert np.sum(labels[held] == c) == round(n_c / 3)          # a third of every class
+        np.testing.assert_array_equal(data.split_indices("held_out", c), held[labels[held] == c])
+    # load_digits(split=...) returns exactly those images, in that order.
+    images, _ = data.load_digits()
+    twos, twos_labels = data.load_digits(2, split="train")
+    np.testing.assert_array_equal(twos, images[data.split_indices("train", 2)])
+    assert set(twos_labels) == {2} and len(twos) == 118
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="split"):
+        data.load_digits(split="test")
+    with pytest.raises(ValueError, match="split"):
+        data.split_indices("validation")
+
+
 @pytest.mark.parametrize("digit, error", [(10, ValueError), (-1, ValueError), ("2", TypeError),
                                           (2.0, TypeError), (True, TypeError)])
 def test_bad_digit(digit, error):

@@ -36,9 +36,9 @@ NUM_PIXELS = int(np.prod(DIGIT_SHAPE))
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
 RECIPE = {
     "cpu": dict(latent_dim=16, hidden=128, batch_size=128, steps=3000, peak_lr=2e-3,
-                warmup=100, test_fraction=0.2, eval_samples=16),
+                warmup=100, eval_samples=16),
     "accelerator": dict(latent_dim=16, hidden=128, batch_size=256, steps=6000, peak_lr=2e-3,
-                        warmup=200, test_fraction=0.2, eval_samples=64),
+                        warmup=200, eval_samples=64),
 }
 
 
@@ -176,19 +176,6 @@ def sample_prior(model: VAE, key: jax.Array, n: int) -> jax.Array:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     return decode_mean(model, jax.random.normal(key, (int(n), model.latent_dim)))
-
-
-def split_data(images, labels, *, test_fraction: float = 0.2, seed: int = 0):
-    """A seeded random split: ``(train_images, train_labels), (test_images, test_labels)``."""
-    images, labels = np.asarray(images), np.asarray(labels)
-    if len(images) != len(labels):
-        raise ValueError(f"images and labels need the same length, got {len(images)} and {len(labels)}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    perm = np.random.default_rng(seed).permutation(len(images))
-    n_test = int(round(test_fraction * len(images)))
-    test, tr = perm[:n_test], perm[n_test:]
-    return (images[tr], labels[tr]), (images[test], labels[test])
 
 
 def make_model_and_optimizer(cfg, *, seed: int = 0):
