@@ -1,12 +1,14 @@
 """Colab: every chapter opens from a badge and installs what is missing, only then."""
 
 import importlib.util
+import json
 import re
 import subprocess
 from pathlib import Path
 
 import jupytext
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p for p in (ROOT / "notebooks").glob("*.md") if p.name != "README.md")
@@ -63,5 +65,43 @@ def test_every_chapter_has_a_colab_badge_for_its_own_notebook(md):
     assert (ROOT / "notebooks" / f"{md.stem}.ipynb").exists()
 
 
-def test_the_book_has_a_colab_launch_button():
-    assert "colab_url: \"https://colab.research.google.com\"" in (ROOT / "_config.yml").read_text()
+def _launch_urls(page: str) -> list[str]:
+    """The launch buttons' links of one page, as the book's theme builds them from
+    _config.yml (the same calls that `jupyter-book build` makes, without the build)."""
+    from types import SimpleNamespace
+
+    from jupyter_book.config import get_final_config
+    from sphinx_book_theme.header_buttons import update_context_with_repository_info
+    from sphinx_book_theme.header_buttons.launch import add_launch_buttons
+
+    class Config(dict):
+        __getattr__ = dict.__getitem__
+
+    sphinx, _ = get_final_config(user_yaml=ROOT / "_config.yml", sourcedir=ROOT,
+                                 cli_config={"latex_individualpages": False})
+    metadata = json.loads((ROOT / f"{page}.ipynb").read_text())["metadata"]
+    app = SimpleNamespace(
+        config=Config(html_context={}, html_theme_options=sphinx["html_theme_options"]),
+        builder=None,
+        env=SimpleNamespace(doc2path=lambda name: str(ROOT / f"{name}.ipynb"),
+                            metadata={page: metadata}))
+    update_context_with_repository_info(app)
+    context = dict(app.config.html_context, pagename=page, sourcename=f"{page}.ipynb",
+                   header_buttons=[])
+    add_launch_buttons(app, page, "page.html", context, None)
+    return [b["url"] for group in context["header_buttons"] for b in group["buttons"]]
+
+
+def test_each_chapter_page_launches_the_notebook_of_its_badge():
+    # The page's launch button and the badge inside the chapter must open the same,
+    # existing notebook (a missing `branch:` in _config.yml, say, makes the theme
+    # link to "master").
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [c["file"] for part in toc["parts"] for c in part["chapters"]
+             if c["file"].startswith("notebooks/")]
+    assert sorted(pages) == [f"notebooks/{md.stem}" for md in CHAPTERS]
+    for page in pages:
+        badges = set(re.findall(r"https://colab\.research\.google\.com/github/[^\s()\[\]]+?\.ipynb",
+                                (ROOT / f"{page}.md").read_text()))
+        assert len(badges) == 1, (page, badges)
+        assert _launch_urls(page) == list(badges), page

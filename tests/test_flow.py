@@ -31,10 +31,22 @@ def test_loss_is_smallest_at_the_marginal_velocity():
 
 
 def test_sampling_with_the_exact_field_reaches_the_data_distribution():
-    samples, nfe = flow.sample(exact_velocity, jax.random.key(0), 4000, shape=(2, 2, 1))
+    calls = []
+
+    def counted(x, t):   # one callback per evaluation of the field, when it runs
+        jax.debug.callback(lambda: calls.append(1))
+        return exact_velocity(x, t)
+
+    samples, nfe = flow.sample(counted, jax.random.key(0), 4000, shape=(2, 2, 1))
+    jax.effects_barrier()
     assert abs(float(samples.mean()) - M) < 0.03
     assert abs(float(samples.std()) - S) < 0.03
-    assert int(nfe) > 0
+    assert int(nfe) == len(calls)
+    # Fixed steps: Tsit5 evaluates the field 6 times a step plus once at the start.
+    calls.clear()
+    _, nfe = flow.sample(counted, jax.random.key(0), 10, shape=(2, 2, 1), steps=4)
+    jax.effects_barrier()
+    assert int(nfe) == len(calls) == 6 * 4 + 1
 
 
 def test_encode_decode_round_trip():

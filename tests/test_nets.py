@@ -27,17 +27,19 @@ def test_every_parameter_gets_a_gradient(channels, attention):
     assert not dead, f"parameters without gradient: {dead}"
 
 
-def test_closure_held_layers_are_invisible_to_nnx():
-    # The trap the test above guards against: a layer captured by a closure is
-    # not part of the module's state, so an optimiser never sees it.
-    class Hidden(nnx.Module):
-        def __init__(self, rngs):
-            layer = nnx.Linear(2, 2, rngs=rngs)
-            self.apply = lambda x: layer(x)
-            self.visible = nnx.Linear(2, 2, rngs=rngs)
+@pytest.mark.parametrize("time_embedding, expected", [(False, 1505), (True, 1633)])
+def test_count_params_counts_trainable_scalars_only(time_embedding, expected):
+    # Counted by hand for MixtureMLP(16, depth=2, emb_dim=8, norm="batch"):
+    # time: Linear(1, 8) = 16, or TimeEmbedding(8) = 2 * (8 * 8 + 8) = 144; inp: Linear(1, 16) = 32;
+    # per block: BatchNorm scale and bias 32 (its 32 running statistics are not trained),
+    # fc1 and fc2 16 * 16 + 16 = 272 each, emb Linear(8, 16) = 144; out: Linear(16, 1) = 17.
+    # Counting the running statistics too would give 64 more.
+    from diffbook.mixture import MixtureMLP
 
-    model = Hidden(nnx.Rngs(0))
-    assert nets.count_params(model) == 6  # only `visible`: 2*2 weights + 2 biases
+    model = MixtureMLP(16, 2, emb_dim=8, norm="batch", time_embedding=time_embedding,
+                       rngs=nnx.Rngs(0))
+    assert nets.count_params(model) == expected
+    assert nets.count_params(model.blocks[0]) == 32 + 272 + 144 + 272
 
 
 def test_unet_shapes_zero_init_and_time_dependence():

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffbook import samplers
+from diffbook import ddpm, samplers
 from diffbook.schedules import NoiseSchedule
 
 SCHEDULES = [NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000), NoiseSchedule.cosine(50)]
@@ -12,11 +12,43 @@ SCHEDULES = [NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000), NoiseSchedu
 @pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: f"{s.name}{s.num_steps}")
 def test_alpha_bar_is_monotone_in_unit_interval(sched):
     ab = np.asarray(sched.alpha_bars)
-    assert np.all(np.diff(ab) < 0) and ab[0] <= 1 and ab[-1] > 0
+    assert np.all(np.diff(ab) < 0) and ab[0] < 1 and ab[-1] > 0
     assert ab[0] > 0.99 and ab[-1] < 0.01          # starts near data, ends near noise
-    np.testing.assert_allclose(sched.alpha_bars_prev[1:], ab[:-1])
-    snr = np.asarray(sched.snr())
-    np.testing.assert_allclose(snr / (1 + snr), ab, rtol=1e-5)   # SNR -> alpha_bar round trip
+    # add_noise's one-shot x_t is the law of t + 1 single steps
+    # x <- sqrt(1 - beta) x + sqrt(beta) z: follow the mean and variance of x0 = 1 step by step.
+    betas = np.asarray(sched.betas, np.float64)
+    mean, var = np.empty_like(betas), np.empty_like(betas)
+    m, v = 1.0, 0.0
+    for t, beta in enumerate(betas):
+        m, v = np.sqrt(1 - beta) * m, (1 - beta) * v + beta
+        mean[t], var[t] = m, v
+    t = jnp.arange(sched.num_steps)
+    ones = jnp.ones((sched.num_steps, 1))
+    np.testing.assert_allclose(sched.add_noise(ones, 0 * ones, t)[:, 0], mean, rtol=1e-5)
+    # (1 - alpha_bar in float32 is good to about 1e-7 in absolute terms.)
+    np.testing.assert_allclose(sched.add_noise(0 * ones, ones, t)[:, 0] ** 2, var, rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_cosine_betas_are_capped_where_the_formula_reaches_one():
+    # The uncapped last beta, 1 - f(1) / f((T-1)/T) with f(1) = cos(pi/2)^2 ~ 4e-33, is 1
+    # in float64: alpha_bar would be 0 at T - 1 and the schedule unusable.
+    for T in (1000, 50):
+        u = np.arange(T + 1) / T
+        f = np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
+        uncapped = 1 - f[1:] / f[:-1]
+        assert uncapped[-1] >= 0.999 and np.all(uncapped[:-1] < 0.999)
+        with pytest.raises(ValueError, match="betas"):
+            NoiseSchedule.from_betas(uncapped)
+        for cap in (0.999, 0.99):
+            sched = NoiseSchedule.cosine(T, max_beta=cap)
+            betas = np.asarray(sched.betas, np.float64)
+            assert betas.max() <= np.float32(cap) and betas[-1] == np.float32(cap)
+            np.testing.assert_allclose(betas[:-1], uncapped[:-1], rtol=1e-5)
+            # The cap alone sets the last alpha_bar: the formula's alpha_bar one step
+            # earlier, f((T-1)/T) / f(0), times 1 - cap.
+            np.testing.assert_allclose(sched.alpha_bars[-1], f[-2] / f[0] * (1 - cap), rtol=1e-4)
+    assert abs(float(NoiseSchedule.cosine(1000).alpha_bars[-1]) - 2.43e-9) < 0.01e-9
 
 
 def test_cosine_schedule_follows_its_formula_and_is_not_clipped():
@@ -53,8 +85,34 @@ def test_ddim_with_eta_one_is_the_ddpm_posterior():
             jax.random.split(jax.random.key(t), 20000))
         np.testing.assert_allclose(draws.mean(0), mean, atol=3 * float(jnp.sqrt(var.max())) / 100 + 1e-6)
         np.testing.assert_allclose(draws.var(0), jnp.broadcast_to(var, draws.var(0).shape), rtol=0.05)
-        sigma2 = (1 - sched.alpha_bars_prev[t]) / (1 - sched.alpha_bars[t]) * sched.betas[t]
-        np.testing.assert_allclose(var.ravel()[0], sigma2, rtol=1e-5)
+
+
+def _conditional(betas, x0, xt, t):
+    """q(x_{t-1} | x_t, x0) by conditioning the joint Gaussian of (x_{t-1}, x_t) given x0,
+    in float64: x_{t-1} ~ N(sqrt(ab_prev) x0, 1 - ab_prev), x_t = sqrt(1 - beta_t) x_{t-1}
+    + sqrt(beta_t) z."""
+    betas = np.asarray(betas, np.float64)
+    ab_prev = np.prod(1 - betas[:t])                 # 1 at t = 0
+    a = np.sqrt(1 - betas[t])
+    var_prev = 1 - ab_prev
+    cov = a * var_prev                               # Cov(x_{t-1}, x_t)
+    var_t = a**2 * var_prev + betas[t]               # Var(x_t)
+    mean = np.sqrt(ab_prev) * x0 + cov / var_t * (xt - a * np.sqrt(ab_prev) * x0)
+    return mean, var_prev - cov**2 / var_t
+
+
+@pytest.mark.parametrize("sched", SCHEDULES[:2], ids=lambda s: s.name)
+def test_posterior_is_the_gaussian_conditional_of_the_forward_process(sched):
+    betas = np.linspace(1e-4, 0.02, 1000) if sched.name == "linear" else np.asarray(sched.betas)
+    x0 = np.array([[-0.9], [0.2], [1.0]])
+    xt = np.array([[0.5], [-1.3], [2.0]])
+    for t in (0, 1, 2, 10, 400, 998, 999):
+        mean, var = sched.posterior(jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
+                                    jnp.full((3,), t))
+        mean_ref, var_ref = _conditional(betas, x0, xt, t)
+        # float32 accuracy: forming 1 - alpha_bar in float32 near t = 0 would miss this.
+        np.testing.assert_allclose(var.ravel(), np.full(3, var_ref), rtol=1e-5, atol=1e-12)
+        np.testing.assert_allclose(mean, mean_ref, rtol=1e-5, atol=1e-6)
 
 
 # Gaussian data N(M, S^2): the exact noise predictor is known in closed form.
@@ -189,8 +247,15 @@ def test_score_samplers_reach_the_data_distribution_with_the_exact_model(sampler
     if sampler == "pc":
         x = samplers.pc_sample(sched, exact_eps(sched), key, shape, corrector_steps=1)
     elif sampler == "ode":
-        x, nfe = samplers.probability_flow(sched, exact_eps_continuous(sched), x_T)
-        assert 5 < int(nfe) < 200
+        calls = []
+
+        def counted(x, u):
+            jax.debug.callback(lambda: calls.append(1))
+            return exact_eps_continuous(sched)(x, u)
+
+        x, nfe = samplers.probability_flow(sched, counted, x_T)
+        jax.effects_barrier()
+        assert int(nfe) == len(calls)   # the solver's calls and the final denoising one
     elif sampler == "sde":
         x, nfe = samplers.reverse_sde(sched, exact_eps_continuous(sched), x_T,
                                       jax.random.key(1), steps=200)
@@ -224,3 +289,91 @@ def test_score_sampler_settings_raise():
         samplers.pc_sample(sched, lambda x, t: x, jax.random.key(0), (2, 1), snr=0.0)
     with pytest.raises(ValueError, match="steps"):
         samplers.reverse_sde(sched, lambda x, u: x, jnp.zeros((2, 1)), jax.random.key(0), steps=0)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+def test_clipping_keeps_x0_in_range_and_eps_consistent_with_it(prediction):
+    # A network whose x0 lies far outside [-1, 1] for some samples and inside for others.
+    sched = NoiseSchedule.cosine(100)
+    t = 70
+    tb = jnp.full((6,), t)
+    x0_net = jnp.array([[-3.0], [-1.5], [-0.4], [0.0], [0.9], [2.5]])
+    eps_net = jnp.array([[0.3], [-1.0], [1.2], [-0.7], [0.1], [0.5]])
+    x = sched.add_noise(x0_net, eps_net, tb)
+    out = {"epsilon": eps_net, "x0": x0_net, "v": sched.velocity(x0_net, eps_net, tb)}[prediction]
+    model_fn = lambda x_, t_: out   # noqa: E731
+
+    x0, eps = samplers._x0_eps(sched, model_fn, x, t, prediction, clip_x0=False)
+    np.testing.assert_allclose(x0, x0_net, atol=1e-5)
+    np.testing.assert_allclose(eps, eps_net, atol=1e-5)
+
+    x0, eps = samplers._x0_eps(sched, model_fn, x, t, prediction, clip_x0=True)
+    np.testing.assert_allclose(x0[:, 0], [-1.0, -1.0, -0.4, 0.0, 0.9, 1.0], atol=1e-5)
+    inside = np.abs(np.asarray(x0_net[:, 0])) <= 1
+    np.testing.assert_allclose(eps[inside], eps_net[inside], atol=1e-5)   # untouched there
+    assert np.all(np.abs(np.asarray(eps - eps_net)[~inside]) > 0.1)       # changed where clipped
+    # The pair still explains x_t: x_t = sqrt(ab) x0 + sqrt(1 - ab) eps with the clipped x0.
+    np.testing.assert_allclose(sched.add_noise(x0, eps, tb), x, atol=1e-5)
+
+
+def test_ddim_with_clipping_ends_in_the_data_range():
+    # A network that always predicts the clean value 2.5, outside the data range: DDIM
+    # ends on it without clipping and on 1 with it.
+    sched = NoiseSchedule.cosine(100)
+    wild = lambda x, t: jnp.full_like(x, 2.5)   # noqa: E731
+    x_T = jax.random.normal(jax.random.key(0), (256, 1))
+    for steps in (1, 10):
+        clipped = samplers.ddim_sample(sched, wild, x_T, steps=steps, prediction="x0")
+        free = samplers.ddim_sample(sched, wild, x_T, steps=steps, prediction="x0", clip_x0=False)
+        np.testing.assert_allclose(clipped, 1.0, atol=1e-5)
+        np.testing.assert_allclose(free, 2.5, atol=1e-5)
+
+
+# The simple loss of ddpm.diffusion_loss at the exact predictors of Gaussian data
+# N(m, s^2): with a = alpha_bar, x_t = sqrt(a) x0 + sqrt(1 - a) eps is N(sqrt(a) m, a s^2 + 1 - a)
+# and, given x_t, every target (eps, x0, v) is Gaussian with the variances below: the
+# loss that no predictor can beat.  s = 0 is a single data point (irreducible loss 0).
+def exact_predictor(sched, prediction, m, s):
+    T = sched.num_steps
+
+    def net(x, u):
+        a = sched.alpha_bars[jnp.round(u * T).astype(jnp.int32)].reshape(-1, *(1,) * (x.ndim - 1))
+        d = a * s**2 + 1 - a
+        eps = jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / d
+        x0 = m + jnp.sqrt(a) * s**2 * (x - jnp.sqrt(a) * m) / d
+        return {"epsilon": eps, "x0": x0, "v": jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x0}[prediction]
+    return net
+
+
+def irreducible_loss(sched, prediction, s):
+    a = np.asarray(sched.alpha_bars, np.float64)
+    d = a * s**2 + 1 - a
+    per_t = {"epsilon": a * s**2 / d, "x0": s**2 * (1 - a) / d, "v": s**2 / d}[prediction]
+    return per_t.mean()   # t is uniform over the T steps
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+@pytest.mark.parametrize("s", [0.0, 0.3])
+def test_diffusion_loss_is_smallest_at_the_exact_predictor(prediction, s):
+    sched = NoiseSchedule.cosine(200)
+    m = 0.4
+    x0 = m + s * jax.random.normal(jax.random.key(0), (200_000, 2))
+    key = jax.random.key(1)
+
+    def loss(net):
+        return float(ddpm.diffusion_loss(sched, net, x0, key, prediction=prediction))
+
+    exact = exact_predictor(sched, prediction, m, s)
+    best = loss(exact)
+    if s == 0:
+        assert best < 1e-6
+    else:
+        np.testing.assert_allclose(best, irreducible_loss(sched, prediction, s), rtol=0.02)
+    # Any other predictor does worse; for a shift by c, by c^2 (the exact one is the
+    # conditional mean, so the error it leaves is uncorrelated with the shift).
+    np.testing.assert_allclose(loss(lambda x, u: exact(x, u) + 0.1) - best, 0.01, rtol=0.1)
+    for wrong in (lambda x, u: 1.1 * exact(x, u),
+                  exact_predictor(sched, prediction, m + 0.1, s),
+                  exact_predictor(sched, prediction, m, s + 0.2),
+                  lambda x, u: jnp.zeros_like(x)):
+        assert loss(wrong) > best + 1e-4

@@ -42,7 +42,10 @@ def test_fit_learns_and_tracks_an_ema():
     assert history.loss[-20:].mean() < 1e-3 * history.loss[:5].mean()
     np.testing.assert_allclose(model.linear.kernel.value[:, 0], [1.0, -2.0, 0.5], atol=1e-2)
     np.testing.assert_allclose(ema.linear.kernel.value, model.linear.kernel.value, atol=1e-2)
-    assert history.compile_s > 0 and history.train_s > 0
+    n = jax.device_count()
+    assert (history.steps, history.devices) == (300, n)
+    # 32 per step, or the next multiple of the device count.
+    assert history.batch_size % n == 0 and 32 <= history.batch_size < 32 + n
 
 
 def test_nan_loss_stops_training_with_the_step():
@@ -70,11 +73,49 @@ def test_bad_arguments():
         train.warmup_cosine(1e-3, 10, 10)
 
 
+# Rounding needs more than one device, so it runs in a process with 8 virtual CPUs.
+ROUNDING = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp, optax
+    from flax import nnx
+    from diffbook import train
+
+    sizes = (1, 2, 3, 7, 8, 9, 12, 16, 17)
+    rounded = {n: [train.global_batch_size(b, train.data_mesh(jax.devices()[:n])) for b in sizes]
+               for n in (8, 3, 1)}
+    # What the loss function of fit really receives, and how it is split over the devices.
+    seen = []
+
+    def loss_fn(model, batch, key):
+        seen.append(batch.shape)
+        jax.debug.inspect_array_sharding(
+            batch, callback=lambda s: seen.append(
+                (len(s.device_set), s.shard_shape(batch.shape))))
+        return jnp.mean(model(batch) ** 2)
+
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    history = train.fit(model, opt, loss_fn, jnp.ones((40, 2)), steps=2, batch_size=12,
+                        key=jax.random.key(0), progress=False)
+    print(json.dumps({"devices": jax.device_count(), "rounded": rounded, "seen": seen,
+                      "history": [history.batch_size, history.devices]}))
+""")
+
+
 def test_batches_are_rounded_up_to_the_device_count():
-    mesh = train.data_mesh()
-    n = mesh.devices.size
-    assert train.global_batch_size(1, mesh) == n
-    assert train.global_batch_size(n * 3, mesh) == n * 3
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", ROUNDING], env=env, check=True,
+                         capture_output=True, text=True, timeout=600)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8
+    # batch sizes       1  2  3  7  8   9  12  16  17
+    assert result["rounded"] == {"8": [8, 8, 8, 8, 8, 16, 16, 16, 24],
+                                 "3": [3, 3, 3, 9, 9, 9, 12, 18, 18],
+                                 "1": [1, 2, 3, 7, 8, 9, 12, 16, 17]}
+    # fit asked for 12 on 8 devices: the loss saw 16 examples, 2 on each device.
+    assert result["history"] == [16, 8]
+    assert result["seen"] == [[16, 2], [8, [2, 2]]]
 
 
 # The same training run on 1 and on 8 (virtual CPU) devices, each in a fresh
@@ -130,7 +171,11 @@ def test_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
 
     sched = NoiseSchedule.linear(100)
     data = mixture.standardise(mixture.MIXTURE.sample(jax.random.key(0), 512))
-    loss_fn = lambda m, x, k: ddpm.diffusion_loss(sched, m, x, k, prediction="v")
+    traced = []
+
+    def loss_fn(m, x, k):
+        traced.append(1)   # once each time a training step is traced
+        return ddpm.diffusion_loss(sched, m, x, k, prediction="v")
 
     def run(**options):
         model = mixture.MixtureMLP(16, 1, rngs=nnx.Rngs(0))
@@ -150,9 +195,10 @@ def test_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
     for a, b in zip(jax.tree.leaves(nnx.state((model1, ema1), nnx.Param)),
                     jax.tree.leaves(nnx.state((model2, ema2), nnx.Param))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    # A finished run found in the folder is not trained again.
+    # A finished run found in the folder is not trained again: no step is even traced.
+    traced.clear()
     model3, ema3, again = run(checkpoint_dir=directory)
-    assert again.steps == 30 and again.compile_s == 0.0
+    assert again.steps == 30 and traced == []
     np.testing.assert_array_equal(again.loss, h2.loss)
     for a, b in zip(jax.tree.leaves(nnx.state((model2, ema2), nnx.Param)),
                     jax.tree.leaves(nnx.state((model3, ema3), nnx.Param))):

@@ -1,10 +1,11 @@
 """Conditional flow matching, as taught in the flow-matching chapter.
 
-Time runs from noise at ``t = 0`` to data at ``t = 1``.  A pair (noise ``x0``,
-data ``x1``) is joined by the straight line ``x_t = (1 - t) x0 + t x1``, whose
-velocity ``x1 - x0`` is the regression target of the network ``v(x_t, t)``.
-Sampling integrates ``dx/dt = v(x, t)`` from noise; encoding integrates it
-backwards from data.
+Time runs from noise at ``t = 0`` to data at ``t = 1``: the reverse of
+:mod:`diffbook.ddpm`, where ``x0`` is the clean image and ``t = 0`` the data end.
+A pair (noise ``x0``, data ``x1``) is joined by the straight line
+``x_t = (1 - t) x0 + t x1``, whose velocity ``x1 - x0`` is the regression target
+of the network ``v(x_t, t)``.  Sampling integrates ``dx/dt = v(x, t)`` from
+noise; encoding integrates it backwards from data.
 
 The chapter writes these functions out in its own cells; this module holds the
 same recipe for the benchmark (``python -m diffbook.bench flow_matching``) and
@@ -55,7 +56,13 @@ def velocity_field(model):
 
 
 def sample(model, key: jax.Array, n: int, shape=(8, 8, 1), **solver_kwargs):
-    """``n`` samples (unclipped) and the velocity evaluations used: noise at t=0 to t=1."""
+    """``n`` samples (unclipped) and the velocity evaluations used: noise at t=0 to t=1.
+
+    The batch is integrated as one ODE: with adaptive steps, ``rtol``/``atol``
+    bound the root-mean-square of the scaled error over all ``n`` samples together
+    (diffrax's default norm), not the error of each sample, and all samples share
+    one sequence of steps.
+    """
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     x0 = jax.random.normal(key, (n, *shape))

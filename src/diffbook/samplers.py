@@ -163,7 +163,14 @@ def ddim_sample(schedule, model_fn, x_T, *, steps: int, eta: float = 0.0, key=No
 def ddim_invert(schedule, model_fn, x0, *, steps: int, skip: str = "uniform",
                 prediction: str = "epsilon"):
     """Deterministic DDIM run backwards: a clean image to the noise that DDIM (eta = 0,
-    same ``steps``) would turn back into it."""
+    same ``steps`` and ``skip``) would turn back into it.
+
+    The inversion never clips its estimate of ``x0``, so sample back with
+    ``ddim_sample(..., clip_x0=False)``: a clipped step is a different map, and the
+    round trip would then measure the clipping as well as the discretisation.  With
+    an exact denoiser the round-trip error shrinks as ``steps`` grows (each step
+    estimates the noise at one end of its interval only).
+    """
     ts = ddim_timesteps(schedule.num_steps, steps, skip)
     prev = np.concatenate([[-1], ts[:-1]])
 

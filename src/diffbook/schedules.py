@@ -40,7 +40,11 @@ class NoiseSchedule:
 
     Attributes are float32 arrays of length ``num_steps``: ``betas``, ``alphas``
     (= 1 - betas), ``alpha_bars`` and ``alpha_bars_prev`` (``alpha_bars`` shifted
-    right, with 1 at ``t = 0``).
+    right, with 1 at ``t = 0``), and the posterior's coefficients
+    ``posterior_x0_coef``, ``posterior_xt_coef`` and ``posterior_variance`` (see
+    :meth:`posterior`).  Everything is computed in float64 and only then cast to
+    float32: near ``t = 0`` the factor ``1 - alpha_bar`` is tiny, and forming it in
+    float32 would lose three of its digits.
     """
 
     betas: jax.Array
@@ -53,11 +57,21 @@ class NoiseSchedule:
         if not np.all((betas > 0) & (betas < 1)):
             raise ValueError(f"betas must lie in (0, 1), got values in [{betas.min()}, {betas.max()}]")
         alpha_bars = np.cumprod(1.0 - betas)
+        alpha_bars_prev = np.concatenate([[1.0], alpha_bars[:-1]])
+        # q(x_{t-1} | x_t, x0) = N(c0 x0 + ct x_t, var) (Ho et al. 2020, eqs. 6-7).  At
+        # t = 0, c0 = beta_0 / (1 - alpha_bar_0) must be exactly 1: in float32,
+        # 1 - alpha_bar_0 = 1 - (1 - 4e-5) keeps only about three digits.
+        posterior = {
+            "posterior_x0_coef": np.sqrt(alpha_bars_prev) * betas / (1.0 - alpha_bars),
+            "posterior_xt_coef": np.sqrt(1.0 - betas) * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars),
+            "posterior_variance": betas * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars),
+        }
         object.__setattr__(self, "betas", jnp.asarray(betas, jnp.float32))
         object.__setattr__(self, "alphas", jnp.asarray(1.0 - betas, jnp.float32))
         object.__setattr__(self, "alpha_bars", jnp.asarray(alpha_bars, jnp.float32))
-        object.__setattr__(self, "alpha_bars_prev",
-                           jnp.asarray(np.concatenate([[1.0], alpha_bars[:-1]]), jnp.float32))
+        object.__setattr__(self, "alpha_bars_prev", jnp.asarray(alpha_bars_prev, jnp.float32))
+        for name, values in posterior.items():
+            object.__setattr__(self, name, jnp.asarray(values, jnp.float32))
 
     # ----------------------------------------------------------------- builders
     @classmethod
@@ -78,10 +92,14 @@ class NoiseSchedule:
                max_beta: float = 0.999) -> "NoiseSchedule":
         """The cosine schedule of Nichol & Dhariwal (2021).
 
-        ``alpha_bar(u) = cos^2((u + s) / (1 + s) * pi / 2)`` for ``u = t / T``; the
-        betas follow from ratios of consecutive ``alpha_bar`` and are capped at
-        ``max_beta`` only to avoid a singularity at the very end.  (Clipping them
-        to a small range such as [1e-4, 0.02] would destroy the schedule.)
+        With ``f(u) = cos^2((u + s) / (1 + s) * pi / 2)``, ``alpha_bars[t] =
+        f((t + 1) / T) / f(0)`` for ``t = 0 .. T-1`` (index ``t`` is the noise level
+        after ``t + 1`` steps).  The betas are ``1 - f((t+1)/T) / f(t/T)``, capped at
+        ``max_beta``.  The cap matters only at the last step, where ``f(1) = 0``
+        would make ``beta = 1`` and ``alpha_bar = 0``: with 0.999 the last
+        ``alpha_bar`` is about 2e-9 instead (T = 1000), small but non-zero, so an
+        epsilon-prediction can still be turned into ``x0``.  (Clipping the betas to
+        a small range such as [1e-4, 0.02] would make a different schedule.)
         """
         num_steps = _check_steps(num_steps)
         if not s > 0:
@@ -132,13 +150,16 @@ class NoiseSchedule:
                                 prediction)
 
     def posterior(self, x0: jax.Array, x_t: jax.Array, t) -> tuple[jax.Array, jax.Array]:
-        """Mean and variance of q(x_{t-1} | x_t, x0); at ``t = 0`` the variance is 0."""
+        """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. 2020, eq. 7).
+
+        ``mean = sqrt(ab_prev) beta / (1 - ab) * x0 + sqrt(alpha) (1 - ab_prev) / (1 - ab) * x_t``
+        and ``var = beta (1 - ab_prev) / (1 - ab)``, with coefficients precomputed in
+        float64.  At ``t = 0`` (``ab_prev = 1``) the mean is ``x0`` and the variance 0.
+        """
         nd = x_t.ndim
-        beta, alpha = self._at(self.betas, t, nd), self._at(self.alphas, t, nd)
-        ab, ab_prev = self._at(self.alpha_bars, t, nd), self._at(self.alpha_bars_prev, t, nd)
-        mean = (jnp.sqrt(ab_prev) * beta * x0 + jnp.sqrt(alpha) * (1.0 - ab_prev) * x_t) / (1.0 - ab)
-        var = beta * (1.0 - ab_prev) / (1.0 - ab)
-        return mean, var
+        mean = (self._at(self.posterior_x0_coef, t, nd) * x0
+                + self._at(self.posterior_xt_coef, t, nd) * x_t)
+        return mean, self._at(self.posterior_variance, t, nd)
 
     def step(self, model_output: jax.Array, t, x_t: jax.Array, key: jax.Array, *,
              prediction: str = "epsilon", clip_x0: bool = True) -> jax.Array:
