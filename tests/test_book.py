@@ -1,11 +1,8 @@
 """The book's pipeline: chapter pairs in sync, and the HTML build clean."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,15 +19,10 @@ def test_every_chapter_is_in_the_table_of_contents():
         assert f"notebooks/{md.stem}" in toc, f"{md.name} is missing from _toc.yml"
 
 
-def test_book_builds_without_warnings(tmp_path):
-    exe = shutil.which("jupyter-book", path=str(Path(sys.executable).parent)) or shutil.which("jupyter-book")
-    if exe is None:
-        pytest.fail("jupyter-book is not installed: pip install -r requirements.txt")
-    # Build a copy so the test never touches the reader's own _build/.
-    result = subprocess.run([exe, "build", str(ROOT), "--path-output", str(tmp_path), "-W", "-n",
-                             "--keep-going"], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    html = tmp_path / "_build" / "html"
+def test_book_builds_without_warnings(built_book):
+    # built_book (tests/conftest.py): built once per run, shared with tests/test_browser.py.
+    assert built_book.returncode == 0, built_book.log
+    html = built_book.html
     chapter = (html / "notebooks" / "03_flow_matching.html").read_text()
     assert "Flow matching" in chapter and "<img" in chapter   # stored figures are rendered
     assert (html / "book" / "references.html").exists()

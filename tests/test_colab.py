@@ -1,5 +1,6 @@
 """Colab: every chapter opens from a badge and installs what is missing, only then."""
 
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -17,7 +18,7 @@ REPO = re.search(r"url:\s*https://github.com/(\S+)", (ROOT / "_config.yml").read
 
 def _install_cell(md: Path) -> str:
     code = [c.source for c in jupytext.read(md).cells if c.cell_type == "code"]
-    assert "find_spec(\"diffbook\")" in code[0], f"{md.name}: the install cell must come first"
+    assert "def main(" in code[0], f"{md.name}: the install cell must come first"
     return code[0]
 
 
@@ -31,31 +32,66 @@ def _pins() -> dict:
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
-def test_install_cell_does_nothing_where_diffbook_is_importable(md, monkeypatch):
+def test_install_cell_does_nothing_where_diffbook_is_importable(md, monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
     exec(_install_cell(md), {})
     assert calls == []
+    assert capsys.readouterr().out == "diffbook is already importable: nothing to install.\n"
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
-def test_install_cell_installs_the_pinned_versions_when_missing(md, monkeypatch):
+@pytest.mark.parametrize("jax_version", [None, "0.4.30"], ids=["no-jax", "old-jax"])
+def test_install_cell_installs_jax_for_this_hardware_and_the_pins(md, jax_version, monkeypatch,
+                                                                  capsys):
+    from diffbook import colab_install
+
     calls = []
-    real = importlib.util.find_spec
+    real_spec, real_version = importlib.util.find_spec, importlib.metadata.version
+
+    def version(name):
+        if name != "jax":
+            return real_version(name)
+        if jax_version is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return jax_version
+
+    monkeypatch.delenv("DIFFBOOK_INSTALL_SOURCE", raising=False)
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "diffbook" else real(name, *a))
+                        lambda name, *a: None if name == "diffbook" else real_spec(name, *a))
+    monkeypatch.setattr(importlib.metadata, "version", version)
     monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
+    hardware = colab_install.detect_hardware()   # whatever this machine has
     exec(_install_cell(md), {})
     assert len(calls) == 1, "one quiet pip call"
     args = calls[0]
     assert args[1:4] == ["-m", "pip", "install"] and "-q" in args
     pins = _pins()
+    jax_args = [a for a in args[4:] if a.startswith("jax")]
+    extra = {"tpu": "[tpu]", "cpu": ""}.get(hardware, "[cuda1")
+    assert jax_args[0].startswith(f"jax{extra}") and jax_args[0].endswith(f"=={pins['jax']}")
     for arg in args[4:]:
         if "==" in arg:   # every pinned package matches requirements.txt
             name, version = arg.split("==")
-            assert pins[name.lower()] == version, arg
+            assert pins[re.sub(r"\[.*\]", "", name).lower()] == version, arg
     assert any(a.startswith("flax==") for a in args)
-    assert f"diffbook @ git+https://github.com/{REPO}" in args
+    assert args[-1] == f"diffbook @ git+https://github.com/{REPO}"
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"Installed {jax_args[0]}"), out
+
+
+def test_install_cell_takes_diffbook_from_a_local_folder(monkeypatch, tmp_path, capsys):
+    calls = []
+    real_spec = importlib.util.find_spec
+    monkeypatch.setenv("DIFFBOOK_INSTALL_SOURCE", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "diffbook" else real_spec(name, *a))
+    monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
+    exec(_install_cell(CHAPTERS[0]), {})
+    assert calls[0][-1] == str(tmp_path)
+    # The jax installed here (0.10.x) is recent enough: JAX is left alone.
+    assert not any(a.startswith("jax") for a in calls[0][4:])
+    assert "left jax" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)

@@ -51,3 +51,32 @@ def test_checkpoint_dir_follows_the_environment(monkeypatch, tmp_path):
     assert config.checkpoint_dir("ddpm", cfg) == tmp_path / "ddpm-cpu"
     with pytest.raises(ValueError, match="run"):
         config.checkpoint_dir("a/b", cfg)
+
+
+@pytest.mark.parametrize("hardware, cuda, fix", [
+    ("gpu", 12, "jax[cuda12]=="), ("gpu", 13, "jax[cuda13]=="), ("tpu", None, "jax[tpu]==")])
+def test_describe_warns_when_an_accelerator_is_attached_but_jax_runs_on_the_cpu(
+        monkeypatch, hardware, cuda, fix):
+    from diffbook import colab_install
+
+    monkeypatch.setattr(colab_install, "detect_hardware", lambda: hardware)
+    monkeypatch.setattr(colab_install, "driver_cuda_major", lambda: cuda)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    warning, line = config.describe(cfg).split("\n")
+    assert warning.startswith("WARNING:") and "runs on the CPU" in warning
+    assert "Restart session" in warning and f"{fix}{jax.__version__}" in warning
+    assert line.startswith("configuration 'cpu' on ")
+
+
+@pytest.mark.parametrize("hardware, backend", [("cpu", "cpu"), ("gpu", "gpu"), ("tpu", "tpu")])
+def test_describe_stays_one_line_when_jax_uses_what_is_attached(monkeypatch, hardware, backend):
+    from diffbook import colab_install
+
+    monkeypatch.setattr(colab_install, "detect_hardware", lambda: hardware)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    assert config.accelerator_warning() is None
+    assert "\n" not in config.describe(cfg) and "WARNING" not in config.describe(cfg)
+    with pytest.raises(TypeError, match="config"):
+        config.describe({"n": 1})

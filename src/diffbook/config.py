@@ -58,12 +58,55 @@ def pick(*, cpu: dict, accelerator: dict, choice: str | None = None) -> Config:
     return Config(choice, cpu if choice == "cpu" else accelerator)
 
 
+def accelerator_warning() -> str | None:
+    """A one-line warning when a TPU or NVIDIA GPU is attached but JAX runs on the CPU.
+
+    That happens in Colab when JAX was upgraded without its TPU or CUDA plugin, or
+    after the running Python had already imported the old JAX.  The hardware is
+    found as the chapters' install cell finds it
+    (:func:`diffbook.colab_install.detect_hardware`).
+
+    Returns:
+      The warning, naming the likely cause and the fix, or ``None`` when JAX uses the
+      accelerator or there is none.
+    """
+    from . import colab_install
+
+    backend = jax.default_backend()
+    hardware = colab_install.detect_hardware()
+    if hardware == "cpu" or backend != "cpu":
+        return None
+    name = {"tpu": "a TPU", "gpu": "an NVIDIA GPU"}[hardware]
+    cuda = colab_install.driver_cuda_major() if hardware == "gpu" else None
+    fix = colab_install.jax_requirement(hardware, jax.__version__, cuda)
+    return (f"WARNING: {name} is attached but JAX runs on the CPU, probably because JAX was "
+            f"upgraded after this Python had imported it, or without its {hardware.upper()} "
+            f"plugin. Fix: restart the runtime (Colab: Runtime > Restart session) and run the "
+            f"chapter from the top; if JAX still runs on the CPU, pip install \"{fix}\" "
+            f"and restart again.")
+
+
 def describe(config: Config) -> str:
-    """One line saying which configuration runs on what, e.g. for a chapter's first output."""
+    """Which configuration runs on what, e.g. for a chapter's first output.
+
+    Args:
+      config: the chosen configuration (from :func:`pick`).
+
+    Returns:
+      One line, e.g. ``configuration 'cpu' on 1 cpu device (CPU)``; preceded by the line
+      of :func:`accelerator_warning` when an accelerator is attached but unused.
+
+    Raises:
+      TypeError: if ``config`` is not a :class:`Config`.
+    """
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a Config from config.pick, got {type(config).__name__}")
     devices = jax.devices()
     kind = devices[0].device_kind if devices[0].platform != "cpu" else "CPU"
-    return (f"configuration {config.name!r} on {len(devices)} {jax.default_backend()} "
+    line = (f"configuration {config.name!r} on {len(devices)} {jax.default_backend()} "
             f"device{'s' if len(devices) > 1 else ''} ({kind})")
+    warning = accelerator_warning()
+    return line if warning is None else f"{warning}\n{line}"
 
 
 def checkpoint_dir(run: str, config: Config):

@@ -1,0 +1,52 @@
+"""Fixtures shared by the tests of the built book (tests/test_book.py, tests/test_browser.py)."""
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class BookBuild:
+    returncode: int
+    log: str          # the tail of the build's stdout and stderr
+    html: Path        # the HTML output folder
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> BookBuild:
+    """The book built once per test run, with warnings as errors, into a temporary folder.
+
+    The build goes to a copy so the tests never touch the reader's own _build/. Under
+    pytest-xdist every worker has its own session, so a session fixture alone would build
+    once per worker; the run's base folder (the parent of a worker's) is shared by all
+    workers, so the first one to take the lock builds and the others read its result.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent
+    out = shared / "book"
+    record = shared / "book-build.json"
+    with open(shared / "book-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        if not record.exists():
+            exe = (shutil.which("jupyter-book", path=str(Path(sys.executable).parent))
+                   or shutil.which("jupyter-book"))
+            if exe is None:
+                pytest.fail("jupyter-book is not installed: pip install -r requirements.txt")
+            # --keep-going: with a warning the HTML is still written, so the browser test
+            # can look at the pages even when tests/test_book.py fails on the warning.
+            result = subprocess.run([exe, "build", str(ROOT), "--path-output", str(out), "-W", "-n",
+                                     "--keep-going"], capture_output=True, text=True, timeout=900)
+            record.write_text(json.dumps({"returncode": result.returncode,
+                                          "log": result.stdout[-5000:] + result.stderr[-5000:]}))
+        built = json.loads(record.read_text())
+    return BookBuild(built["returncode"], built["log"], out / "_build" / "html")
