@@ -40,13 +40,14 @@ def pytest_terminal_summary(terminalreporter):
     if not _PHASE_SECONDS or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     chapters = {k: v for k, v in _PHASE_SECONDS.items() if k.endswith(".ipynb")}
-    book = _PHASE_SECONDS.get("tests/test_book.py", 0.0)
-    units = {k: v for k, v in _PHASE_SECONDS.items() if k not in chapters and k != "tests/test_book.py"}
+    book_files = ("tests/test_book.py", "tests/test_browser.py")
+    book = sum(_PHASE_SECONDS.get(name, 0.0) for name in book_files)
+    units = {k: v for k, v in _PHASE_SECONDS.items() if k not in chapters and k not in book_files}
     write = terminalreporter.write_line
     terminalreporter.section("time by phase (seconds of test time; phases overlap under -n)")
     for name, seconds in sorted(chapters.items()):
         write(f"chapter {name:32s} {seconds:6.0f} s")
-    write(f"book build and checks {'(tests/test_book.py)':18s} {book:6.0f} s")
+    write(f"{'book build, checks, browser':40s} {book:6.0f} s")
     write(f"unit tests {'(all other files)':29s} {sum(units.values()):6.0f} s")
     for name, seconds in sorted(units.items(), key=lambda kv: -kv[1]):
         write(f"    {name:36s} {seconds:6.0f} s")

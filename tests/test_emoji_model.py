@@ -140,3 +140,92 @@ def test_text_encoder_rejects_bad_input():
         enc(jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 3), bool))
     with pytest.raises(ValueError, match="context"):
         nets.UNet(3, (8, 16), context_dim=8, rngs=nnx.Rngs(0))(jnp.zeros((1, 8, 8, 3)), 0.5)
+
+
+class _Oracle(nnx.Module):
+    """A known network: it outputs the exact ``prediction`` target of a fixed clean
+    image, ``x0_cond`` when the prompt has a word and ``x0_uncond`` when it has none."""
+
+    def __init__(self, schedule, x0_cond, x0_uncond, prediction):
+        self.alpha_bars = nnx.Variable(jnp.asarray(schedule.alpha_bars))
+        self.x0_cond, self.x0_uncond = nnx.Variable(x0_cond), nnx.Variable(x0_uncond)
+        self.num_steps, self.prediction = schedule.num_steps, prediction
+
+    def __call__(self, x, t, tokens, mask):
+        ab = self.alpha_bars[...][jnp.round(t * self.num_steps).astype(jnp.int32)][:, None, None,
+                                                                                   None]
+        # Row i of a batch is prompt i % 3 (guidance stacks the prompts twice).
+        reps = (x.shape[0] // self.x0_cond.shape[0], 1, 1, 1)
+        x0 = jnp.where(mask.any(1)[:, None, None, None], jnp.tile(self.x0_cond[...], reps),
+                       jnp.tile(self.x0_uncond[...], reps))
+        eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+        if self.prediction == "epsilon":
+            return eps
+        return jnp.sqrt(ab) * eps - jnp.sqrt(1.0 - ab) * x0   # v
+
+
+def _oracle_setup(prediction, steps=1000):
+    schedule = NoiseSchedule.cosine(steps)
+    x0_cond = jax.random.uniform(jax.random.key(1), (3, 16, 16, 3), minval=-0.9, maxval=0.9)
+    x0_uncond = jax.random.uniform(jax.random.key(2), (3, 16, 16, 3), minval=-0.9, maxval=0.9)
+    return schedule, _Oracle(schedule, x0_cond, x0_uncond, prediction), x0_cond, x0_uncond
+
+
+def test_guided_sampler_reads_a_v_network_as_v():
+    # An exact v-network for known clean images: DDIM (eta 0) told that it predicts v
+    # lands on the image of the prompt (scale 1) or of the empty prompt (scale 0) ...
+    schedule, oracle, x0_cond, x0_uncond = _oracle_setup("v")
+    tokens, mask = _prompts()
+    sampler = emoji.GuidedDDIM(schedule, 10, resolution=16, prediction="v")
+    key = jax.random.key(5)
+    np.testing.assert_allclose(sampler(oracle, tokens, mask, key, scale=1.0), x0_cond, atol=1e-3)
+    np.testing.assert_allclose(sampler(oracle, tokens, mask, key, scale=0.0), x0_uncond,
+                               atol=1e-3)
+    # Read as noise (the default), the same output gives another picture.  At low noise
+    # v is nearly the noise, so later steps of an exact network would hide the mistake;
+    # one jump from pure noise shows it: there v is nearly -x0.
+    one_jump = emoji.GuidedDDIM(schedule, 1, resolution=16, prediction="v")
+    np.testing.assert_allclose(one_jump(oracle, tokens, mask, key, scale=1.0), x0_cond,
+                               atol=1e-3)
+    wrong = emoji.GuidedDDIM(schedule, 1, resolution=16)(oracle, tokens, mask, key, scale=1.0)
+    assert float(jnp.abs(wrong - x0_cond).mean()) > 0.3
+    # An exact epsilon-network needs prediction="epsilon", and then lands there too.
+    schedule, oracle_eps, x0_cond, _ = _oracle_setup("epsilon")
+    np.testing.assert_allclose(emoji.GuidedDDIM(schedule, 10, resolution=16)(
+        oracle_eps, tokens, mask, key, scale=1.0), x0_cond, atol=1e-3)
+
+
+def test_guided_ddim_from_matches_the_sampler_and_starts_late():
+    from diffbook import samplers
+
+    schedule, oracle, x0_cond, _ = _oracle_setup("v", steps=100)
+    tokens, mask = _prompts()
+    key = jax.random.key(6)
+    grid = samplers.ddim_timesteps(schedule.num_steps, 8)[::-1]
+    x_T = jax.random.normal(key, (3, 16, 16, 3))
+    full = emoji.guided_ddim_from(schedule, oracle, tokens, mask, x_T, grid, scale=2.0,
+                                  prediction="v")
+    np.testing.assert_allclose(jnp.clip(full, -1, 1), emoji.GuidedDDIM(
+        schedule, 8, resolution=16, prediction="v")(oracle, tokens, mask, key, scale=2.0),
+                               atol=1e-6)
+    # Started two steps later, from noise, the exact network still lands on its image.
+    late = emoji.guided_ddim_from(schedule, oracle, tokens, mask, x_T, grid[2:], scale=1.0,
+                                  prediction="v")
+    np.testing.assert_allclose(late, x0_cond, atol=1e-3)
+    with pytest.raises(ValueError, match="decrease"):
+        emoji.guided_ddim_from(schedule, oracle, tokens, mask, x_T, grid[::-1], scale=1.0,
+                               prediction="v")
+
+
+@pytest.mark.parametrize("prediction", ["v", "epsilon"])
+def test_x0_estimate_of_an_exact_network_is_the_image(prediction):
+    schedule, oracle, x0_cond, x0_uncond = _oracle_setup(prediction)
+    tokens, mask = _prompts()
+    noise = jax.random.normal(jax.random.key(7), x0_cond.shape)
+    for t in (10, 500, 900):
+        np.testing.assert_allclose(emoji.x0_estimate(schedule, oracle, x0_cond, tokens, mask, t,
+                                                     noise, prediction=prediction), x0_cond,
+                                   atol=1e-3)
+    np.testing.assert_allclose(emoji.x0_estimate(schedule, oracle, x0_cond, tokens,
+                                                 jnp.zeros_like(mask), 500, noise,
+                                                 prediction=prediction), x0_uncond, atol=1e-3)

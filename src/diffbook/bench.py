@@ -139,7 +139,7 @@ def bench_mixture(args) -> dict:
                         lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k, prediction="v"),
                         data, steps=cfg.steps, batch_size=cfg.batch_size,
                         key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
-                        progress=False)
+                        ema_warmup=cfg.ema_warmup, progress=False)
     draw = jax.jit(lambda key: mixture.SAMPLERS[args.sampler](schedule, ema, key,
                                                               args.num_samples))
     _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1))
@@ -183,7 +183,7 @@ def bench_emoji(args) -> dict:
                                                        prediction=cfg.prediction),
                         (images, tokens, mask), steps=cfg.steps, batch_size=cfg.batch_size,
                         key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
-                        progress=False)
+                        progress=False)   # the chapter's fit: no EMA warm-up
     sampler = emoji.GuidedDDIM(schedule, cfg.sample_steps, resolution=cfg.resolution,
                                prediction=cfg.prediction)
     # One image per prompt; the first call compiles, the second is timed.
@@ -207,11 +207,76 @@ def bench_emoji(args) -> dict:
     }
     # The same noise without guidance (scale 1: the conditional model alone) and
     # without the prompt (scale 0): what guidance adds.
+    def probe() -> dict:
+        """Where does the network learn the prompts, and how much does the first step cost?
+
+        ``x0_top5``: top-5 fidelity of the network's clipped clean-image estimate from the
+        training images noised to each timestep of the sampling grid (with and without
+        the prompt).  ``late_start_top5``: the same sampler started from pure noise at a
+        later timestep of its grid (its first steps dropped), at scale 1 and the
+        guidance scale.  ``first_step_clipped``: fraction of the pixels of the first
+        step's estimate (from pure noise, at the last timestep) that the clip to [-1, 1]
+        changes.  Each figure: [mean, std] over 3 seeds of noise.
+        """
+        import jax.numpy as jnp
+        from flax import nnx
+
+        from . import samplers
+
+        grid = samplers.ddim_timesteps(schedule.num_steps, cfg.sample_steps)[::-1]
+        seeds = range(3)
+        ms = lambda xs: [round(float(np.mean(xs)), 4), round(float(np.std(xs)), 4)]
+        top5 = lambda x: emoji.prompt_fidelity(np.clip(np.asarray(x), -1, 1), labels,
+                                               images)["top5"]
+        estimate = nnx.jit(lambda m, x, tk, mk, t, noise: emoji.x0_estimate(
+            schedule, m, x, tk, mk, t, noise, prediction=cfg.prediction))
+        none = np.zeros_like(mask)
+        x0_top5 = {}
+        for t in grid[[0, 1, 2, 3, 4, 6, 9, 12, 18]].tolist():
+            noises = [jax.random.normal(jax.random.key(args.seed + 10 + i), images.shape)
+                      for i in seeds]
+            x0_top5[str(t)] = {
+                "prompt": ms([top5(estimate(ema, images, tokens, mask, t, n)) for n in noises]),
+                "no_prompt": ms([top5(estimate(ema, images, tokens, none, t, n))
+                                 for n in noises])}
+        late = {}
+        for skip in (0, 1, 2, 4):
+            run = nnx.jit(lambda m, tk, mk, x, s, ts=grid[skip:]: emoji.guided_ddim_from(
+                schedule, m, tk, mk, x, ts, scale=s, prediction=cfg.prediction))
+            late[str(int(grid[skip]))] = {
+                str(scale): ms([top5(run(ema, tokens, mask, jax.random.normal(
+                    jax.random.key(args.seed + 2 + i), images.shape), jnp.float32(scale)))
+                    for i in seeds])
+                for scale in sorted({1.0, guidance})}
+        first = []
+        for i in seeds:
+            x_T = jax.random.normal(jax.random.key(args.seed + 2 + i), images.shape)
+            tb = jnp.full((len(images),), int(grid[0]), jnp.int32)
+            out = emoji.guided_model_fn(ema, tokens, mask, 1.0, schedule.num_steps)(x_T, tb)
+            x0 = schedule.to_x0_eps(out, x_T, tb, cfg.prediction)[0]
+            first.append(float(jnp.mean(jnp.abs(x0) > 1.0)))
+        # The guided sampler with other numbers of steps (the chapter's exercise 1).
+        by_steps = {}
+        for steps in (10, cfg.sample_steps, 50):
+            other = emoji.GuidedDDIM(schedule, steps, resolution=cfg.resolution,
+                                     prediction=cfg.prediction)
+            fids = [emoji.prompt_fidelity(np.asarray(other(
+                ema, tokens, mask, jax.random.key(args.seed + 2 + i), scale=guidance)),
+                labels, images) for i in seeds]
+            by_steps[str(steps)] = {key: ms([f[key] for f in fids])
+                                    for key in ("top1", "top5", "distance_ratio")}
+        return {"x0_top5": x0_top5, "late_start_top5": late, "first_step_clipped": ms(first),
+                "steps_fidelity": by_steps,
+                "alpha_bar": {str(int(t)): float(schedule.alpha_bars[int(t)])
+                              for t in grid[:5]}}
+
     for name, scale in (("conditional", 1.0), ("unconditional", 0.0)):
         if scale != guidance:
             other = emoji.prompt_fidelity(np.asarray(draw(jax.random.key(args.seed + 2), scale)),
                                           labels, images)
             result[f"top5_{name}"] = round(float(other["top5"]), 4)
+    if args.probe:
+        result.update(probe())
     if args.samples:
         # Sample i was prompted by prompts[i], the name of train_images[i].
         np.savez_compressed(args.samples, samples=samples, prompts=np.array(prompts),
@@ -227,6 +292,10 @@ def _emoji_options(parser):
                         help="what the network predicts (default: the recipe's, v)")
     parser.add_argument("--num-emoji", type=int,
                         help="override the recipe's number of emoji (for quick checks)")
+    parser.add_argument("--probe", action="store_true",
+                        help="also measure where the network learned the prompts: fidelity of "
+                             "its clean-image estimate at each noise level, and of samples "
+                             "started later on the sampling grid (3 seeds each)")
 
 
 def _mixture_options(parser):

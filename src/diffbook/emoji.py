@@ -635,6 +635,51 @@ class GuidedDDIM:
         return jnp.clip(self._run(model, tokens, mask, x_T, jnp.float32(scale)), -1.0, 1.0)
 
 
+def x0_estimate(schedule, model, images, tokens, mask, t, noise, *, prediction: str):
+    """The network's clean image, read off its output at ``images`` noised to timestep ``t``.
+
+    ``x_t = schedule.add_noise(images, noise, t)``; the output (of kind
+    ``prediction``) is turned into ``x0`` and clipped to [-1, 1], as a sampler
+    does at every step.  With one training image per prompt, the ideal estimate
+    at any ``t`` is the prompt's own image, so :func:`prompt_fidelity` of this
+    estimate measures how well the network has learned the prompts at that noise
+    level.
+    """
+    t = jnp.full((images.shape[0],), t, jnp.int32)
+    x_t = schedule.add_noise(images, noise, t)
+    out = model(x_t, t / schedule.num_steps, tokens, mask)
+    return jnp.clip(schedule.to_x0_eps(out, x_t, t, prediction)[0], -1.0, 1.0)
+
+
+def guided_ddim_from(schedule, model, tokens, mask, x, timesteps, *, scale, prediction: str):
+    """Deterministic guided DDIM from ``x`` at ``timesteps[0]`` down to a clean image.
+
+    ``timesteps`` are decreasing integers; each is one network call, the clean
+    image predicted at every step clipped to [-1, 1], exactly as in
+    :class:`GuidedDDIM`.  Given the full grid of ``samplers.ddim_timesteps`` (reversed) and
+    ``x = x_T`` this is :class:`GuidedDDIM` before its final clip; a grid
+    without its first entries starts the same sampler at a lower noise level.
+    ``scale`` may be traced (no check); returns the unclipped last step.
+    """
+    from . import samplers
+
+    ts = np.asarray(timesteps, np.int32)
+    if ts.ndim != 1 or len(ts) == 0 or np.any(np.diff(ts) >= 0) or ts[-1] < 0 \
+            or ts[0] >= schedule.num_steps:
+        raise ValueError(f"timesteps must decrease within 0..{schedule.num_steps - 1}, "
+                         f"got {ts.tolist()}")
+    prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
+    fn = _guided(model, tokens, mask, scale, schedule.num_steps)
+
+    def body(x, inputs):
+        t, t_prev = inputs
+        x0, eps = samplers._x0_eps(schedule, fn, x, t, prediction, True)
+        return samplers.ddim_step(schedule, x0, eps, t, t_prev, jax.random.key(0), eta=0.0), None
+
+    x, _ = jax.lax.scan(body, x, (jnp.asarray(ts), jnp.asarray(prev)))
+    return x
+
+
 def make_data(cfg):
     """The recipe's training set: ``(images, prompts, tokenizer, tokens, mask)``."""
     images, prompts = load_emoji(cfg.resolution, limit=cfg.num_emoji)

@@ -190,7 +190,7 @@ class MixtureMLP(nnx.Module):
     ``x`` has shape ``(B, 1)`` and ``u`` (the time ``t / T``) shape ``(B,)``.
     ``norm`` picks the normalisation inside the blocks ("layer", "batch" or
     "none"); ``time_embedding=False`` feeds ``u`` as a plain number instead of
-    sinusoidal features (both are there for the chapter's ablation).
+    sinusoidal features (both are there to try the naive recipe's choices).
     """
 
     def __init__(self, width: int = 128, depth: int = 3, emb_dim: int = 32, *,
@@ -213,13 +213,17 @@ class MixtureMLP(nnx.Module):
         return self.out(nnx.silu(h))
 
 
-#: The chapter's recipes; :func:`diffbook.config.pick` chooses one.
+#: The chapter's recipes; :func:`diffbook.config.pick` chooses one.  ``ema_warmup``
+#: is :func:`diffbook.train.fit`'s: the EMA's decay ramps up as ``(1 + n) / (10 + n)``
+#: to ``ema_decay``, so that short runs are not judged by an average still full of
+#: the random initial weights.
 RECIPE = {
     "cpu": dict(width=64, depth=3, batch_size=1024, steps=8000, peak_lr=2e-3, warmup=100,
-                ema_decay=0.999, schedule="linear", num_timesteps=1000, num_data=2**16),
+                ema_decay=0.999, ema_warmup=True, schedule="linear", num_timesteps=1000,
+                num_data=2**16),
     "accelerator": dict(width=128, depth=3, batch_size=8192, steps=8000, peak_lr=2e-3,
-                        warmup=200, ema_decay=0.999, schedule="linear", num_timesteps=1000,
-                        num_data=2**18),
+                        warmup=200, ema_decay=0.999, ema_warmup=True, schedule="linear",
+                        num_timesteps=1000, num_data=2**18),
 }
 
 

@@ -103,7 +103,8 @@ class History:
 
 def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         steps: int, batch_size: int, key: jax.Array, check_every: int = 50,
-        ema: nnx.Module | None = None, ema_decay: float = 0.999, mesh: Mesh | None = None,
+        ema: nnx.Module | None = None, ema_decay: float = 0.999, ema_warmup: bool = False,
+        mesh: Mesh | None = None,
         progress: bool | None = None, desc: str = "training", checkpoint_dir=None,
         checkpoint_every: int = 1000, stop_after: int | None = None) -> History:
     """Train ``model`` in place on random batches of ``data``.
@@ -122,6 +123,12 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
       check_every: fetch the losses (and check them for NaN) this often.
       ema: optional copy of ``model`` that tracks an exponential moving average of
         its parameters with ``ema_decay``; sample from it for smoother results.
+      ema_warmup: if true, the update after ``n`` optimiser steps (``n = 0, 1, ...``)
+        uses the decay ``min(ema_decay, (1 + n) / (10 + n))``, as TensorFlow's
+        ``ExponentialMovingAverage`` does with ``num_updates``: the average then
+        forgets the random initial weights within a few steps, where a fixed decay
+        of 0.999 still holds ``0.999**1000``, about 37%, of them after 1,000 steps.
+        ``n`` is the step number, so a resumed run stays exact.  Off by default.
       mesh: device mesh (default :func:`data_mesh`).
       progress: show a tqdm bar; default :func:`progress_enabled`.
       checkpoint_dir: if given, save the model, optimiser and EMA state with Orbax
@@ -167,7 +174,8 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
     state = replicate(jax.tree.map(jnp.copy, state), mesh)
     data = replicate(jax.tree.map(jnp.asarray, data), mesh)
 
-    def one_step(state, step_key):
+    def one_step(state, step_key, step):
+        # `step`: the number of optimiser steps done before this one (for ema_warmup).
         model, optimizer, ema = nnx.merge(graphdef, state)
         k_batch, k_loss = jax.random.split(step_key)
         idx = jax.random.randint(k_batch, (batch_size,), 0, n_data)
@@ -177,7 +185,11 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         loss, grads = nnx.value_and_grad(loss_fn)(model, batch, k_loss)
         optimizer.update(model, grads)
         if ema is not None:
-            new = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+            decay = ema_decay
+            if ema_warmup:
+                n = step.astype(jnp.float32)
+                decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+            new = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                                nnx.state(ema, nnx.Param), nnx.state(model, nnx.Param))
             nnx.update(ema, new)
         return nnx.state((model, optimizer, ema)), loss
@@ -207,7 +219,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
     end = steps if stop_after is None else min(steps, start + stop_after)
     # A finished run loaded from its checkpoint needs no compiled step at all.
     t0 = time.perf_counter()
-    compiled = train_step.lower(state, keys[0]).compile() if start < end else None
+    compiled = train_step.lower(state, keys[0], np.int32(0)).compile() if start < end else None
     compile_s = time.perf_counter() - t0 if start < end else 0.0
 
     def check(upto: int):
@@ -227,7 +239,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
     t0 = time.perf_counter()
     try:
         for i in range(start, end):
-            state, loss = compiled(state, keys[i])
+            state, loss = compiled(state, keys[i], np.int32(i))
             pending.append(loss)
             save = manager is not None and ((i + 1) % checkpoint_every == 0 or i == end - 1)
             if len(pending) == check_every or i == end - 1 or save:
