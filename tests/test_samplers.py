@@ -39,3 +39,24 @@ def test_bad_settings():
         ode_solve(lambda t, x: x, jnp.ones(2), t0=0.5, t1=0.5)
     with pytest.raises(ValueError, match="rtol"):
         ode_solve(lambda t, x: x, jnp.ones(2), rtol=0.0)
+
+
+def test_ddim_sample_on_an_explicit_grid():
+    from diffbook import samplers
+    from diffbook.schedules import NoiseSchedule
+
+    schedule = NoiseSchedule.cosine(100)
+    model_fn = lambda x, t: 0.5 * x + 0.01 * t[:, None]   # any deterministic network
+    x_T = jax.random.normal(jax.random.key(0), (4, 3))
+    grid = samplers.ddim_timesteps(100, 8)[::-1]
+    by_steps = samplers.ddim_sample(schedule, model_fn, x_T, steps=8)
+    np.testing.assert_array_equal(samplers.ddim_sample(schedule, model_fn, x_T, timesteps=grid),
+                                  by_steps)
+    # A grid without its first entries is a different (later-starting) run.
+    late = samplers.ddim_sample(schedule, model_fn, x_T, timesteps=grid[2:])
+    assert float(jnp.abs(late - by_steps).max()) > 1e-3
+    for bad in (dict(), dict(steps=8, timesteps=grid)):
+        with pytest.raises(ValueError, match="steps or timesteps"):
+            samplers.ddim_sample(schedule, model_fn, x_T, **bad)
+    with pytest.raises(ValueError, match="decrease"):
+        samplers.ddim_sample(schedule, model_fn, x_T, timesteps=grid[::-1])

@@ -660,24 +660,14 @@ def guided_ddim_from(schedule, model, tokens, mask, x, timesteps, *, scale, pred
     ``x = x_T`` this is :class:`GuidedDDIM` before its final clip; a grid
     without its first entries starts the same sampler at a lower noise level.
     ``scale`` may be traced (no check); returns the unclipped last step.
+
+    Raises:
+      ValueError: if ``timesteps`` do not decrease within ``0 .. schedule.num_steps - 1``.
     """
     from . import samplers
 
-    ts = np.asarray(timesteps, np.int32)
-    if ts.ndim != 1 or len(ts) == 0 or np.any(np.diff(ts) >= 0) or ts[-1] < 0 \
-            or ts[0] >= schedule.num_steps:
-        raise ValueError(f"timesteps must decrease within 0..{schedule.num_steps - 1}, "
-                         f"got {ts.tolist()}")
-    prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
     fn = _guided(model, tokens, mask, scale, schedule.num_steps)
-
-    def body(x, inputs):
-        t, t_prev = inputs
-        x0, eps = samplers._x0_eps(schedule, fn, x, t, prediction, True)
-        return samplers.ddim_step(schedule, x0, eps, t, t_prev, jax.random.key(0), eta=0.0), None
-
-    x, _ = jax.lax.scan(body, x, (jnp.asarray(ts), jnp.asarray(prev)))
-    return x
+    return samplers.ddim_sample(schedule, fn, x, timesteps=timesteps, prediction=prediction)
 
 
 def make_data(cfg):

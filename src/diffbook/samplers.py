@@ -139,15 +139,30 @@ def ddim_step(schedule, x0, eps, t, t_prev, key, *, eta: float):
     return jnp.sqrt(ab_prev) * x0 + direction + sigma * jax.random.normal(key, eps.shape)
 
 
-def ddim_sample(schedule, model_fn, x_T, *, steps: int, eta: float = 0.0, key=None,
-                skip: str = "uniform", prediction: str = "epsilon", clip_x0: bool = True):
-    """DDIM sampling from ``x_T`` with ``steps`` network calls (``eta > 0`` needs ``key``)."""
+def ddim_sample(schedule, model_fn, x_T, *, steps: int | None = None, eta: float = 0.0,
+                key=None, skip: str = "uniform", prediction: str = "epsilon",
+                clip_x0: bool = True, timesteps=None):
+    """DDIM sampling from ``x_T`` with ``steps`` network calls (``eta > 0`` needs ``key``).
+
+    ``timesteps`` (decreasing integers, instead of ``steps``) gives the grid
+    explicitly: ``x_T`` is then taken to be at ``timesteps[0]``, so a grid without
+    its first entries starts the same sampler at a lower noise level.
+    """
     if not (eta >= 0 and np.isfinite(eta)):
         raise ValueError(f"eta must be a finite number >= 0, got {eta}")
     if eta > 0 and key is None:
         raise ValueError("eta > 0 adds noise: give a key")
+    if (steps is None) == (timesteps is None):
+        raise ValueError("give either steps or timesteps")
     key = jax.random.key(0) if key is None else key
-    ts = ddim_timesteps(schedule.num_steps, steps, skip)[::-1]
+    if timesteps is None:
+        ts = ddim_timesteps(schedule.num_steps, steps, skip)[::-1]
+    else:
+        ts = np.asarray(timesteps, np.int32)
+        if ts.ndim != 1 or len(ts) == 0 or np.any(np.diff(ts) >= 0) or ts[-1] < 0 \
+                or ts[0] >= schedule.num_steps:
+            raise ValueError(f"timesteps must decrease within 0..{schedule.num_steps - 1}, "
+                             f"got {ts.tolist()}")
     prev = np.concatenate([ts[1:], [-1]])
 
     def body(x, inputs):
