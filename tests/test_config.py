@@ -8,7 +8,7 @@ def test_pick_follows_backend_and_override(monkeypatch):
     monkeypatch.delenv("DIFFBOOK_CONFIG", raising=False)
     backend = jax.default_backend()
     expected = "cpu" if backend == "cpu" else "accelerator"   # passes on a GPU machine too
-    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2})
+    cfg = config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}})
     assert cfg.name == config.default_choice() == expected
     assert cfg.n == {"cpu": 1, "accelerator": 2}[expected]
     assert f"{backend} device" in config.describe(cfg)
@@ -16,26 +16,26 @@ def test_pick_follows_backend_and_override(monkeypatch):
     for other, choice in [("gpu", "accelerator"), ("tpu", "accelerator"), ("cpu", "cpu")]:
         monkeypatch.setattr(jax, "default_backend", lambda other=other: other)
         assert config.default_choice() == choice
-        assert config.pick(cpu={"n": 1}, accelerator={"n": 2}).name == choice
+        assert config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}).name == choice
     monkeypatch.undo()
     # ... and the argument or $DIFFBOOK_CONFIG overrides the backend.
-    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="accelerator").n == 2
-    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu").n == 1
+    assert config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="accelerator").n == 2
+    assert config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="cpu").n == 1
     monkeypatch.setenv("DIFFBOOK_CONFIG", "accelerator")
-    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}).name == "accelerator"
+    assert config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}).name == "accelerator"
     monkeypatch.setenv("DIFFBOOK_CONFIG", "cpu")
-    assert config.pick(cpu={"n": 1}, accelerator={"n": 2}).name == "cpu"
+    assert config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}).name == "cpu"
 
 
 def test_pick_rejects_bad_settings():
     with pytest.raises(ValueError, match="same keys"):
-        config.pick(cpu={"n": 1}, accelerator={"m": 2})
+        config.pick({"cpu": {"n": 1}, "accelerator": {"m": 2}})
     with pytest.raises(ValueError, match="choice"):
-        config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="tpu")
+        config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="tpu")
 
 
 def test_replace_and_missing_keys():
-    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    cfg = config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="cpu")
     assert cfg.replace(n=5).n == 5 and cfg.n == 1
     with pytest.raises(KeyError):
         cfg.replace(m=1)
@@ -44,7 +44,7 @@ def test_replace_and_missing_keys():
 
 
 def test_checkpoint_dir_follows_the_environment(monkeypatch, tmp_path):
-    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    cfg = config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="cpu")
     monkeypatch.delenv("DIFFBOOK_CHECKPOINTS", raising=False)
     assert config.checkpoint_dir("ddpm", cfg) is None
     monkeypatch.setenv("DIFFBOOK_CHECKPOINTS", str(tmp_path))
@@ -62,7 +62,7 @@ def test_describe_warns_when_an_accelerator_is_attached_but_jax_runs_on_the_cpu(
     monkeypatch.setattr(colab_install, "detect_hardware", lambda: hardware)
     monkeypatch.setattr(colab_install, "driver_cuda_major", lambda: cuda)
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
-    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    cfg = config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="cpu")
     warning, line = config.describe(cfg).split("\n")
     assert warning.startswith("WARNING:") and "runs on the CPU" in warning
     assert "Restart session" in warning and f"{fix}{jax.__version__}" in warning
@@ -75,7 +75,7 @@ def test_describe_stays_one_line_when_jax_uses_what_is_attached(monkeypatch, har
 
     monkeypatch.setattr(colab_install, "detect_hardware", lambda: hardware)
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    cfg = config.pick(cpu={"n": 1}, accelerator={"n": 2}, choice="cpu")
+    cfg = config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="cpu")
     assert config.accelerator_warning() is None
     assert "\n" not in config.describe(cfg) and "WARNING" not in config.describe(cfg)
     with pytest.raises(TypeError, match="config"):

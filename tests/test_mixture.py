@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffbook import ddpm, mixture, samplers
+from diffbook import config, ddpm, mixture, samplers
 from diffbook.mixture import MIXTURE, GaussianMixture1D
 from diffbook.schedules import NoiseSchedule
 
@@ -149,7 +149,7 @@ def _errors(x, spread):
 def _run_with_oracle(name, n=N, **options):
     """The sampler with the exact score; returns samples in data units, its reported
     network calls and the calls counted as they ran."""
-    sched = mixture.make_schedule(mixture.pick_recipe("cpu"))
+    sched = mixture.make_schedule(config.pick(mixture.RECIPE, "cpu"))
     oracle = mixture.oracle_net(sched)
     calls = []
 
@@ -215,7 +215,7 @@ def test_annealed_langevin_overweights_the_middle_mode(exact_spread):
 def test_oracle_net_is_the_conditional_mean_of_the_v_target(u):
     # E[v | z] is the best v-prediction, so its residual has mean zero and is
     # uncorrelated with any function of z: with z itself and with the prediction.
-    sched = mixture.make_schedule(mixture.pick_recipe("cpu"))
+    sched = mixture.make_schedule(config.pick(mixture.RECIPE, "cpu"))
     oracle = mixture.oracle_net(sched)
     n = 200_000
     k_x, k_eps = jax.random.split(jax.random.key(3))
@@ -233,7 +233,7 @@ def test_oracle_net_is_the_conditional_mean_of_the_v_target(u):
 
 
 def test_oracle_net_rejects_bad_arguments():
-    sched = mixture.make_schedule(mixture.pick_recipe("cpu"))
+    sched = mixture.make_schedule(config.pick(mixture.RECIPE, "cpu"))
     with pytest.raises(TypeError, match="schedule"):
         mixture.oracle_net("cosine")
     with pytest.raises(TypeError, match="mix"):

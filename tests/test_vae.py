@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from diffbook import data, train, vae
+from diffbook import config, data, train, vae
 
 
 def test_kl_matches_closed_form_and_monte_carlo():
@@ -62,7 +62,7 @@ def test_elbo_on_a_tiny_case_by_hand():
 def test_training_improves_the_held_out_elbo():
     xtr, ytr = data.load_digits(split="train")
     xte, _ = data.load_digits(split="held_out")
-    cfg = vae.pick_recipe("cpu").replace(steps=200, warmup=10)
+    cfg = config.pick(vae.RECIPE, "cpu").replace(steps=200, warmup=10)
     model, optimizer = vae.make_model_and_optimizer(cfg)
     before = vae.evaluate_elbo(model, xte, key=jax.random.key(0), num_samples=2)
     train.fit(model, optimizer, vae.vae_loss, (xtr, ytr), steps=cfg.steps,

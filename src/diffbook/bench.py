@@ -16,6 +16,8 @@ import time
 import jax
 import numpy as np
 
+from . import config
+
 
 def _timed(fn, *args):
     t0 = time.perf_counter()
@@ -73,7 +75,7 @@ def bench_flow_matching(args) -> dict:
 
     from . import flow
 
-    cfg = flow.pick_recipe(args.config)
+    cfg = config.pick(flow.RECIPE, args.config)
     model, ema, history = _train_digit_unet(cfg, flow.cfm_loss, args)
     graphdef, state = nnx.split(ema)
 
@@ -91,7 +93,7 @@ def bench_ddpm(args) -> dict:
     from . import ddpm, samplers
     from .schedules import NoiseSchedule
 
-    cfg = ddpm.pick_recipe(args.config)
+    cfg = config.pick(ddpm.RECIPE, args.config)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     model, ema, history = _train_digit_unet(
         cfg, lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k), args)
@@ -127,7 +129,7 @@ def _ddpm_options(parser):
 def bench_mixture(args) -> dict:
     from . import ddpm, mixture, nets, train
 
-    cfg = mixture.pick_recipe(args.config)
+    cfg = config.pick(mixture.RECIPE, args.config)
     if args.train_steps:
         cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
     schedule = mixture.make_schedule(cfg)
@@ -165,7 +167,7 @@ def bench_emoji(args) -> dict:
     from . import emoji, nets, train
     from .schedules import NoiseSchedule
 
-    cfg = emoji.pick_recipe(args.config)
+    cfg = config.pick(emoji.RECIPE, args.config)
     if args.num_emoji:
         cfg = cfg.replace(num_emoji=args.num_emoji)
     if args.prediction:
@@ -308,7 +310,7 @@ def _mixture_options(parser):
 def bench_vae(args) -> dict:
     from . import data, metrics, nets, train, vae
 
-    cfg = vae.pick_recipe(args.config)
+    cfg = config.pick(vae.RECIPE, args.config)
     if args.train_steps:
         cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
     x_train, y_train = data.load_digits(split="train")

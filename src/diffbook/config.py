@@ -40,22 +40,35 @@ def default_choice() -> str:
     return "cpu" if jax.default_backend() == "cpu" else "accelerator"
 
 
-def pick(*, cpu: dict, accelerator: dict, choice: str | None = None) -> Config:
-    """Choose between two configurations.
+def pick(recipe: dict, choice: str | None = None) -> Config:
+    """Choose one of a chapter's two configurations, e.g. ``pick(ddpm.RECIPE)``.
 
     Args:
-      cpu: settings for a laptop or CI CPU (minutes).
-      accelerator: settings for a GPU or TPU; must have the same keys.
+      recipe: ``{"cpu": {...}, "accelerator": {...}}``: settings for a laptop or CI
+        CPU (minutes), and for a GPU or TPU, with the same keys.
       choice: ``"cpu"`` or ``"accelerator"``; default: ``$DIFFBOOK_CONFIG`` if set,
         otherwise :func:`default_choice`.
+
+    Returns:
+      The chosen settings as a :class:`Config` named after the choice.
+
+    Raises:
+      TypeError: if ``recipe`` is not a dict.
+      ValueError: if ``recipe`` lacks one of the two configurations, if they have
+        different keys, or if ``choice`` is not one of :data:`CHOICES`.
     """
+    if not isinstance(recipe, dict):
+        raise TypeError(f"recipe must be a dict of {CHOICES}, got {type(recipe).__name__}")
+    if set(recipe) != set(CHOICES):
+        raise ValueError(f"recipe must have exactly the keys {CHOICES}, got {sorted(recipe)}")
+    cpu, accelerator = recipe["cpu"], recipe["accelerator"]
     if set(cpu) != set(accelerator):
-        raise ValueError(f"cpu and accelerator configs need the same keys; "
+        raise ValueError(f"recipe's cpu and accelerator configs need the same keys; "
                          f"differing: {sorted(set(cpu) ^ set(accelerator))}")
     choice = choice or os.environ.get("DIFFBOOK_CONFIG") or default_choice()
     if choice not in CHOICES:
         raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
-    return Config(choice, cpu if choice == "cpu" else accelerator)
+    return Config(choice, recipe[choice])
 
 
 def accelerator_warning() -> str | None:

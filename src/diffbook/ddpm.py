@@ -11,7 +11,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import config as _config
 from .schedules import NoiseSchedule
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
@@ -21,11 +20,6 @@ RECIPE = {
     "accelerator": dict(digit=2, channels=(64, 128), batch_size=512, steps=6000, peak_lr=1e-3,
                         warmup=200, ema_decay=0.999, num_timesteps=1000),
 }
-
-
-def pick_recipe(choice: str | None = None) -> _config.Config:
-    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
-    return _config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
 
 
 def diffusion_loss(schedule: NoiseSchedule, model, x0: jax.Array, key: jax.Array, *,

@@ -487,7 +487,7 @@ def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict
 # sampling, as taught in the emoji chapter.
 # --------------------------------------------------------------------------
 
-#: The chapter's two recipes; :func:`pick_recipe` chooses one.  ``guidance`` is
+#: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.  ``guidance`` is
 #: the scale ``s`` of ``eps_uncond + s * (eps_cond - eps_uncond)``.  The network
 #: predicts ``v``: with the cosine schedule an epsilon-network learned the prompts
 #: far more slowly (see the chapter).
@@ -501,13 +501,6 @@ RECIPE = {
                         peak_lr=1e-3, warmup=500, ema_decay=0.999, p_uncond=0.1,
                         num_timesteps=1000, prediction="v", sample_steps=50, guidance=3.0),
 }
-
-
-def pick_recipe(choice: str | None = None):
-    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
-    from . import config
-
-    return config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
 
 
 class TextToImage(nnx.Module):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import config as _config
 from .samplers import ode_solve
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
@@ -77,9 +76,3 @@ def encode(model, x1: jax.Array, **solver_kwargs):
 def decode(model, x0: jax.Array, **solver_kwargs):
     """Noise to data: the learned ODE integrated from t=0 to t=1."""
     return ode_solve(velocity_field(model), x0, t0=0.0, t1=1.0, **solver_kwargs)
-
-
-
-def pick_recipe(choice: str | None = None) -> _config.Config:
-    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
-    return _config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)

@@ -20,7 +20,6 @@ from flax import nnx
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 
-from . import config as _config
 from . import samplers
 from .nets import TimeEmbedding
 from .schedules import NoiseSchedule
@@ -225,11 +224,6 @@ RECIPE = {
                         warmup=200, ema_decay=0.999, ema_warmup=True, schedule="linear",
                         num_timesteps=1000, num_data=2**18),
 }
-
-
-def pick_recipe(choice: str | None = None) -> _config.Config:
-    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
-    return _config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
 
 
 def standardise(x) -> jax.Array:

@@ -25,7 +25,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from . import config as _config
 from . import train
 from .data import DIGIT_SHAPE, check_images
 
@@ -183,8 +182,3 @@ def make_model_and_optimizer(cfg, *, seed: int = 0):
     model = VAE(cfg["latent_dim"], cfg["hidden"], rngs=nnx.Rngs(seed))
     tx = optax.adam(train.warmup_cosine(cfg["peak_lr"], cfg["steps"], cfg["warmup"]))
     return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-
-def pick_recipe(choice: str | None = None) -> _config.Config:
-    """:data:`RECIPE` chosen for this machine (or by ``choice``)."""
-    return _config.pick(cpu=RECIPE["cpu"], accelerator=RECIPE["accelerator"], choice=choice)
