@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,3 +52,54 @@ def built_book(tmp_path_factory) -> BookBuild:
                                           "log": result.stdout[-5000:] + result.stderr[-5000:]}))
         built = json.loads(record.read_text())
     return BookBuild(built["returncode"], built["log"], out / "_build" / "html")
+
+
+# ---------------------------------------------------------------------------
+# Exact "networks" for testing samplers and losses: Gaussian data N(m, s^2) per
+# coordinate.  With a = alpha_bar, x_t = sqrt(a) x0 + sqrt(1 - a) eps is Gaussian,
+# and the ideal prediction of eps, x0 or v given x_t is known in closed form.
+# ---------------------------------------------------------------------------
+
+def gaussian_oracle(schedule, m: float, s: float, prediction: str = "epsilon"):
+    """``model_fn(x, u)``: the exact prediction for data N(m, s^2) under ``schedule``.
+
+    It reads the noise level through ``schedule.alpha_bar_at(u)``, which equals
+    ``alpha_bars[t]`` at ``u = t / T``, so discrete and continuous samplers alike call it.
+    """
+    def model_fn(x, u):
+        a = schedule.alpha_bar_at(u).reshape((-1,) + (1,) * (x.ndim - 1))
+        d = a * s**2 + 1 - a
+        eps = jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / d
+        x0 = m + jnp.sqrt(a) * s**2 * (x - jnp.sqrt(a) * m) / d
+        return {"epsilon": eps, "x0": x0, "v": jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x0}[prediction]
+    return model_fn
+
+
+class CallCounter:
+    """Wraps a ``model_fn`` and counts the calls that really run (inside jit and scan too)."""
+
+    def __init__(self, model_fn):
+        self.model_fn, self.calls = model_fn, 0
+
+    def _tick(self):
+        self.calls += 1
+
+    def __call__(self, x, u):
+        jax.debug.callback(self._tick)
+        return self.model_fn(x, u)
+
+    def count(self) -> int:
+        jax.effects_barrier()
+        return self.calls
+
+
+@pytest.fixture
+def oracle():
+    """The factory :func:`gaussian_oracle`: ``oracle(schedule, m, s, prediction)``."""
+    return gaussian_oracle
+
+
+@pytest.fixture
+def counted():
+    """``counted(model_fn)`` -> a :class:`CallCounter`; ``.count()`` the real calls."""
+    return CallCounter

@@ -3,13 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffbook import ddpm, samplers
+from diffbook import ddpm
 from diffbook.schedules import NoiseSchedule
 
 SCHEDULES = [NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000), NoiseSchedule.cosine(50)]
 
 
-@pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: f"{s.name}{s.num_steps}")
+@pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: f"{s.name}{s.num_timesteps}")
 def test_alpha_bar_is_monotone_in_unit_interval(sched):
     ab = np.asarray(sched.alpha_bars)
     assert np.all(np.diff(ab) < 0) and ab[0] < 1 and ab[-1] > 0
@@ -22,8 +22,8 @@ def test_alpha_bar_is_monotone_in_unit_interval(sched):
     for t, beta in enumerate(betas):
         m, v = np.sqrt(1 - beta) * m, (1 - beta) * v + beta
         mean[t], var[t] = m, v
-    t = jnp.arange(sched.num_steps)
-    ones = jnp.ones((sched.num_steps, 1))
+    t = jnp.arange(sched.num_timesteps)
+    ones = jnp.ones((sched.num_timesteps, 1))
     np.testing.assert_allclose(sched.add_noise(ones, 0 * ones, t)[:, 0], mean, rtol=1e-5)
     # (1 - alpha_bar in float32 is good to about 1e-7 in absolute terms.)
     np.testing.assert_allclose(sched.add_noise(0 * ones, ones, t)[:, 0] ** 2, var, rtol=1e-5,
@@ -81,7 +81,8 @@ def test_ddim_with_eta_one_is_the_ddpm_posterior():
         xt = sched.add_noise(x0, eps, jnp.array([t]))
         mean, var = sched.posterior(x0, xt, jnp.array([t]))
         # eta = 1, t_prev = t - 1: compare the moments of many draws with the posterior's.
-        draws = jax.vmap(lambda k: samplers.ddim_step(sched, x0, eps, t, t - 1, k, eta=1.0))(
+        # (the network's output is the exact eps, so its x0 is exactly x0)
+        draws = jax.vmap(lambda k: sched.ddim_step(eps, t, t - 1, xt, k, eta=1.0).prev_sample)(
             jax.random.split(jax.random.key(t), 20000))
         np.testing.assert_allclose(draws.mean(0), mean, atol=3 * float(jnp.sqrt(var.max())) / 100 + 1e-6)
         np.testing.assert_allclose(draws.var(0), jnp.broadcast_to(var, draws.var(0).shape), rtol=0.05)
@@ -115,57 +116,8 @@ def test_posterior_is_the_gaussian_conditional_of_the_forward_process(sched):
         np.testing.assert_allclose(mean, mean_ref, rtol=1e-5, atol=1e-6)
 
 
-# Gaussian data N(M, S^2): the exact noise predictor is known in closed form.
-M, S = 0.4, 0.3
-
-
-def exact_eps(sched):
-    def fn(x, t):
-        ab = sched.alpha_bars[t].reshape((-1,) + (1,) * (x.ndim - 1))
-        return jnp.sqrt(1 - ab) * (x - jnp.sqrt(ab) * M) / (ab * S**2 + 1 - ab)
-    return fn
-
-
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "ddim_eta1"])
-def test_samplers_reach_the_data_distribution_with_the_exact_model(sampler):
-    sched = NoiseSchedule.cosine(200)
-    fn, key = exact_eps(sched), jax.random.key(0)
-    shape = (4000, 2)
-    if sampler == "ddpm":
-        x = samplers.ddpm_sample(sched, fn, key, shape, clip_x0=False)
-    else:
-        x_T = jax.random.normal(key, shape)
-        # eta = 1 on every timestep is DDPM again; eta = 0 needs far fewer steps.
-        eta, steps = (1.0, 200) if sampler == "ddim_eta1" else (0.0, 50)
-        x = samplers.ddim_sample(sched, fn, x_T, steps=steps, eta=eta, key=jax.random.key(1),
-                                 clip_x0=False)
-    assert abs(float(x.mean()) - M) < 0.02
-    assert abs(float(x.std()) - S) < 0.02
-
-
-def test_ddim_inversion_round_trip():
-    sched = NoiseSchedule.cosine(1000)
-    fn = exact_eps(sched)
-    x0 = M + S * jax.random.normal(jax.random.key(0), (64, 2))
-    errors = []
-    for steps in (50, 200):
-        noise = samplers.ddim_invert(sched, fn, x0, steps=steps)
-        assert abs(float(noise.std()) - 1.0) < 0.2
-        back = samplers.ddim_sample(sched, fn, noise, steps=steps, clip_x0=False)
-        errors.append(float(jnp.abs(back - x0).max()))
-    # A first-order method: four times the steps, about a quarter of the error.
-    assert errors[1] < 0.025 and errors[1] < errors[0] / 3
-
-
-@pytest.mark.parametrize("skip", ["uniform", "quadratic"])
-@pytest.mark.parametrize("steps", [1, 10, 50, 200, 1000])
-def test_ddim_timesteps_are_distinct_and_end_at_the_last_step(skip, steps):
-    ts = samplers.ddim_timesteps(1000, steps, skip)
-    assert len(ts) == steps and ts[-1] == 999 and np.all(np.diff(ts) > 0) and ts[0] >= 0
-
-
 def test_impossible_settings_raise():
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="num_timesteps"):
         NoiseSchedule.linear(0)
     with pytest.raises(ValueError, match="beta_start"):
         NoiseSchedule.linear(10, beta_start=0.1, beta_end=0.01)
@@ -180,10 +132,6 @@ def test_impossible_settings_raise():
         sched.add_noise(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.array([0.5]))
     with pytest.raises(ValueError, match="prediction"):
         sched.to_x0_eps(jnp.zeros((1, 2)), jnp.zeros((1, 2)), jnp.array([1]), "score")
-    with pytest.raises(ValueError, match="steps"):
-        samplers.ddim_timesteps(10, 0)
-    with pytest.raises(ValueError, match="eta"):
-        samplers.ddim_sample(sched, lambda x, t: x, jnp.zeros((1, 2)), steps=2, eta=-1.0)
 
 
 def test_step_is_the_posterior_draw_for_every_prediction_kind():
@@ -196,8 +144,11 @@ def test_step_is_the_posterior_draw_for_every_prediction_kind():
         xt = sched.add_noise(x0, eps, tb)
         mean, var = sched.posterior(x0, xt, tb)
         outputs = {"epsilon": eps, "x0": x0, "v": sched.velocity(x0, eps, tb)}
-        steps = [sched.step(out, t, xt, jax.random.key(9), prediction=p, clip_x0=False)
+        steps = [sched.step(out, t, xt, jax.random.key(9), prediction=p)
                  for p, out in outputs.items()]
+        for s in steps:       # the predicted x0 comes back with the step
+            np.testing.assert_allclose(s.pred_x0, x0, atol=2e-4)
+        steps = [s.prev_sample for s in steps]
         for s in steps[1:]:   # the same key: the same draw, whatever the network predicts
             np.testing.assert_allclose(s, steps[0], atol=2e-4)
         z = jax.random.normal(jax.random.key(9), x0.shape)
@@ -206,9 +157,9 @@ def test_step_is_the_posterior_draw_for_every_prediction_kind():
             assert float(jnp.max(var)) == 0.0
 
 
-@pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: f"{s.name}{s.num_steps}")
+@pytest.mark.parametrize("sched", SCHEDULES, ids=lambda s: f"{s.name}{s.num_timesteps}")
 def test_continuous_time_view_matches_the_grid(sched):
-    T = sched.num_steps
+    T = sched.num_timesteps
     u = jnp.arange(T) / T
     np.testing.assert_allclose(sched.alpha_bar_at(u), sched.alpha_bars, rtol=1e-5)
     # beta(u) integrates to -log alpha_bar between grid points.
@@ -228,69 +179,6 @@ def test_linear_schedule_is_the_vp_sde_of_song_et_al():
                                0.1 + 19.9 * np.array([0.0, 0.5, 0.99]), rtol=0.01, atol=0.05)
 
 
-def exact_eps_continuous(sched):
-    """The exact eps-prediction as a network of continuous time u."""
-    def net(x, u):
-        ab = sched.alpha_bar_at(u).reshape((-1,) + (1,) * (x.ndim - 1))
-        return jnp.sqrt(1 - ab) * (x - jnp.sqrt(ab) * M) / (ab * S**2 + 1 - ab)
-    return net
-
-
-@pytest.mark.parametrize("sampler", ["pc", "ode", "sde", "langevin"])
-def test_score_samplers_reach_the_data_distribution_with_the_exact_model(sampler):
-    # (linear(200) would end at alpha_bar = 0.13, far from pure noise: the betas
-    # of the linear schedule are meant for T = 1000.)
-    sched = NoiseSchedule.linear(1000)
-    key = jax.random.key(0)
-    shape = (4000, 1)
-    x_T = jax.random.normal(key, shape)
-    if sampler == "pc":
-        x = samplers.pc_sample(sched, exact_eps(sched), key, shape, corrector_steps=1)
-    elif sampler == "ode":
-        calls = []
-
-        def counted(x, u):
-            jax.debug.callback(lambda: calls.append(1))
-            return exact_eps_continuous(sched)(x, u)
-
-        x, nfe = samplers.probability_flow(sched, counted, x_T)
-        jax.effects_barrier()
-        assert int(nfe) == len(calls)   # the solver's calls and the final denoising one
-    elif sampler == "sde":
-        x, nfe = samplers.reverse_sde(sched, exact_eps_continuous(sched), x_T,
-                                      jax.random.key(1), steps=200)
-        assert int(nfe) == 201
-    else:
-        x = samplers.langevin(lambda x: -(x - M) / S**2, x_T, jax.random.key(1), steps=500,
-                              step_size=0.01)
-    assert abs(float(x.mean()) - M) < 0.02
-    assert abs(float(x.std()) - S) < 0.02
-
-
-def test_probability_flow_is_deterministic_and_monotone():
-    # A 1-D flow map is increasing: the ODE never lets two samples cross.
-    sched = NoiseSchedule.linear(1000)
-    x_T = jnp.linspace(-3, 3, 50)[:, None]
-    x, _ = samplers.probability_flow(sched, exact_eps_continuous(sched), x_T)
-    again, _ = samplers.probability_flow(sched, exact_eps_continuous(sched), x_T)
-    np.testing.assert_array_equal(x, again)
-    assert np.all(np.diff(np.asarray(x[:, 0])) > 0)
-
-
-def test_score_sampler_settings_raise():
-    sched = NoiseSchedule.linear(10)
-    with pytest.raises(ValueError, match="step_size"):
-        samplers.langevin(lambda x: -x, jnp.zeros(3), jax.random.key(0), steps=5, step_size=0.0)
-    with pytest.raises(ValueError, match="steps"):
-        samplers.langevin(lambda x: -x, jnp.zeros(3), jax.random.key(0), steps=0, step_size=0.1)
-    with pytest.raises(ValueError, match="corrector_steps"):
-        samplers.pc_sample(sched, lambda x, t: x, jax.random.key(0), (2, 1), corrector_steps=-1)
-    with pytest.raises(ValueError, match="snr"):
-        samplers.pc_sample(sched, lambda x, t: x, jax.random.key(0), (2, 1), snr=0.0)
-    with pytest.raises(ValueError, match="steps"):
-        samplers.reverse_sde(sched, lambda x, u: x, jnp.zeros((2, 1)), jax.random.key(0), steps=0)
-
-
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
 def test_clipping_keeps_x0_in_range_and_eps_consistent_with_it(prediction):
     # A network whose x0 lies far outside [-1, 1] for some samples and inside for others.
@@ -301,13 +189,11 @@ def test_clipping_keeps_x0_in_range_and_eps_consistent_with_it(prediction):
     eps_net = jnp.array([[0.3], [-1.0], [1.2], [-0.7], [0.1], [0.5]])
     x = sched.add_noise(x0_net, eps_net, tb)
     out = {"epsilon": eps_net, "x0": x0_net, "v": sched.velocity(x0_net, eps_net, tb)}[prediction]
-    model_fn = lambda x_, t_: out   # noqa: E731
-
-    x0, eps = samplers._x0_eps(sched, model_fn, x, t, prediction, clip_x0=False)
+    x0, eps = sched.to_x0_eps(out, x, tb, prediction)
     np.testing.assert_allclose(x0, x0_net, atol=1e-5)
     np.testing.assert_allclose(eps, eps_net, atol=1e-5)
 
-    x0, eps = samplers._x0_eps(sched, model_fn, x, t, prediction, clip_x0=True)
+    x0, eps = sched.to_x0_eps(out, x, tb, prediction, clip_x0=True)
     np.testing.assert_allclose(x0[:, 0], [-1.0, -1.0, -0.4, 0.0, 0.9, 1.0], atol=1e-5)
     inside = np.abs(np.asarray(x0_net[:, 0])) <= 1
     np.testing.assert_allclose(eps[inside], eps_net[inside], atol=1e-5)   # untouched there
@@ -316,35 +202,10 @@ def test_clipping_keeps_x0_in_range_and_eps_consistent_with_it(prediction):
     np.testing.assert_allclose(sched.add_noise(x0, eps, tb), x, atol=1e-5)
 
 
-def test_ddim_with_clipping_ends_in_the_data_range():
-    # A network that always predicts the clean value 2.5, outside the data range: DDIM
-    # ends on it without clipping and on 1 with it.
-    sched = NoiseSchedule.cosine(100)
-    wild = lambda x, t: jnp.full_like(x, 2.5)   # noqa: E731
-    x_T = jax.random.normal(jax.random.key(0), (256, 1))
-    for steps in (1, 10):
-        clipped = samplers.ddim_sample(sched, wild, x_T, steps=steps, prediction="x0")
-        free = samplers.ddim_sample(sched, wild, x_T, steps=steps, prediction="x0", clip_x0=False)
-        np.testing.assert_allclose(clipped, 1.0, atol=1e-5)
-        np.testing.assert_allclose(free, 2.5, atol=1e-5)
-
-
 # The simple loss of ddpm.diffusion_loss at the exact predictors of Gaussian data
 # N(m, s^2): with a = alpha_bar, x_t = sqrt(a) x0 + sqrt(1 - a) eps is N(sqrt(a) m, a s^2 + 1 - a)
 # and, given x_t, every target (eps, x0, v) is Gaussian with the variances below: the
 # loss that no predictor can beat.  s = 0 is a single data point (irreducible loss 0).
-def exact_predictor(sched, prediction, m, s):
-    T = sched.num_steps
-
-    def net(x, u):
-        a = sched.alpha_bars[jnp.round(u * T).astype(jnp.int32)].reshape(-1, *(1,) * (x.ndim - 1))
-        d = a * s**2 + 1 - a
-        eps = jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / d
-        x0 = m + jnp.sqrt(a) * s**2 * (x - jnp.sqrt(a) * m) / d
-        return {"epsilon": eps, "x0": x0, "v": jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x0}[prediction]
-    return net
-
-
 def irreducible_loss(sched, prediction, s):
     a = np.asarray(sched.alpha_bars, np.float64)
     d = a * s**2 + 1 - a
@@ -354,7 +215,7 @@ def irreducible_loss(sched, prediction, s):
 
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
 @pytest.mark.parametrize("s", [0.0, 0.3])
-def test_diffusion_loss_is_smallest_at_the_exact_predictor(prediction, s):
+def test_diffusion_loss_is_smallest_at_the_exact_predictor(prediction, s, oracle):
     sched = NoiseSchedule.cosine(200)
     m = 0.4
     x0 = m + s * jax.random.normal(jax.random.key(0), (200_000, 2))
@@ -363,7 +224,7 @@ def test_diffusion_loss_is_smallest_at_the_exact_predictor(prediction, s):
     def loss(net):
         return float(ddpm.diffusion_loss(sched, net, x0, key, prediction=prediction))
 
-    exact = exact_predictor(sched, prediction, m, s)
+    exact = oracle(sched, m, s, prediction)
     best = loss(exact)
     if s == 0:
         assert best < 1e-6
@@ -373,7 +234,7 @@ def test_diffusion_loss_is_smallest_at_the_exact_predictor(prediction, s):
     # conditional mean, so the error it leaves is uncorrelated with the shift).
     np.testing.assert_allclose(loss(lambda x, u: exact(x, u) + 0.1) - best, 0.01, rtol=0.1)
     for wrong in (lambda x, u: 1.1 * exact(x, u),
-                  exact_predictor(sched, prediction, m + 0.1, s),
-                  exact_predictor(sched, prediction, m, s + 0.2),
+                  oracle(sched, m + 0.1, s, prediction),
+                  oracle(sched, m, s + 0.2, prediction),
                   lambda x, u: jnp.zeros_like(x)):
         assert loss(wrong) > best + 1e-4

@@ -99,16 +99,18 @@ def bench_ddpm(args) -> dict:
         cfg, lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k), args)
     graphdef, state = nnx.split(ema)
     shape = (args.num_samples, 8, 8, 1)
-    steps = args.steps or (cfg.num_timesteps if args.sampler == "ddpm" else 50)
+    steps = args.steps or (50 if args.sampler in ("ddim", "sde") else cfg.num_timesteps)
+
+    # "ddpm" is the registry's "ancestral"; every other name is a key of SAMPLERS.
+    name = "ancestral" if args.sampler == "ddpm" else args.sampler
+    options = {"eta": args.eta} if name == "ddim" else {}
+    if name in ("ddim", "sde") or args.steps:
+        options["steps"] = steps
 
     @jax.jit
     def draw(state, key):
-        fn = ddpm.as_model_fn(nnx.merge(graphdef, state), schedule)
-        if args.sampler == "ddpm":
-            return samplers.ddpm_sample(schedule, fn, key, shape), schedule.num_steps
-        k_init, k_noise = jax.random.split(key)
-        x_T = jax.random.normal(k_init, shape)
-        return samplers.ddim_sample(schedule, fn, x_T, steps=steps, eta=args.eta, key=k_noise), steps
+        return samplers.sample(name, schedule, nnx.merge(graphdef, state), key, shape,
+                               clip_x0=True, **options)
 
     return _sample_and_report("ddpm", cfg, model, history, draw, state, args,
                               sampler=args.sampler, sample_steps=steps)
@@ -120,9 +122,14 @@ def _flow_matching_options(parser):
 
 def _ddpm_options(parser):
     parser.add_argument("--num-samples", type=int, default=256)
-    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    from .samplers import SAMPLERS
+
+    parser.add_argument("--sampler", choices=["ddpm", *sorted(set(SAMPLERS) - {"ancestral"})],
+                        default="ddpm", help="ddpm: the ancestral sampler; the others are "
+                        "diffbook.samplers.SAMPLERS")
     parser.add_argument("--steps", type=int,
-                        help="sampling steps (ddpm: must equal the schedule's 1000; ddim: default 50)")
+                        help="sampling steps (ddpm, pc: must equal the schedule's 1000; "
+                             "ddim, sde: default 50; ode: adaptive unless given)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
 
 
@@ -142,8 +149,7 @@ def bench_mixture(args) -> dict:
                         data, steps=cfg.steps, batch_size=cfg.batch_size,
                         key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
                         ema_warmup=cfg.ema_warmup, progress=False)
-    draw = jax.jit(lambda key: mixture.SAMPLERS[args.sampler](schedule, ema, key,
-                                                              args.num_samples))
+    draw = jax.jit(lambda key: mixture.draw(args.sampler, schedule, ema, key, args.num_samples))
     _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1))
     (samples, nfe), sample_s = _timed(draw, jax.random.key(args.seed + 2))
     samples = mixture.unstandardise(samples)
@@ -301,7 +307,7 @@ def _emoji_options(parser):
 
 
 def _mixture_options(parser):
-    from .mixture import SAMPLERS
+    from .samplers import SAMPLERS
 
     parser.add_argument("--num-samples", type=int, default=10_000)
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")

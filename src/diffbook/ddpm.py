@@ -1,8 +1,8 @@
 """Denoising diffusion (DDPM) on digits, as taught in the DDPM chapter.
 
-The network sees ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps`` and the time ``t / T``
-(a float in [0, 1), the same input scale as the flow-matching U-Net) and predicts
-``eps``.  Sampling uses :mod:`diffbook.samplers` with the *same*
+The network sees ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps`` and the time
+``u = t / T`` (``schedule.to_u(t)``, a float in [0, 1), the same input scale as the
+flow-matching U-Net) and predicts ``eps`` (or ``x0``, or ``v``).  Sampling uses :mod:`diffbook.samplers` with the *same*
 :class:`~diffbook.schedules.NoiseSchedule` object as training.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .schedules import NoiseSchedule
+from .checks import one_of
+from .schedules import PREDICTIONS, NoiseSchedule
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
 RECIPE = {
@@ -24,24 +25,34 @@ RECIPE = {
 
 def diffusion_loss(schedule: NoiseSchedule, model, x0: jax.Array, key: jax.Array, *,
                    prediction: str = "epsilon") -> jax.Array:
-    """The simple DDPM loss with ``t`` uniform: the mean squared error of the network's
-    prediction of ``prediction`` -- the noise ("epsilon", Ho et al. 2020), the clean
-    data ("x0") or the velocity ("v", Salimans & Ho 2022)."""
+    """The simple DDPM loss with ``t`` uniform over the schedule's timesteps.
+
+    The mean squared error of the network's prediction of ``prediction``: the
+    noise ("epsilon", Ho et al. 2020), the clean data ("x0") or the velocity
+    ("v", Salimans & Ho 2022).
+
+    Args:
+      schedule: the noise schedule.
+      model: ``model(x_t, u) -> prediction``, ``u = schedule.to_u(t)`` of shape (B,).
+      x0: a batch of clean data, shape (B, ...).
+      key: PRNG key for the timesteps and the noise.
+      prediction: "epsilon", "x0" or "v".
+
+    Returns:
+      The loss, a scalar.
+
+    Raises:
+      ValueError: for an unknown ``prediction``.
+    """
+    one_of(prediction, "prediction", PREDICTIONS)
     k_t, k_noise = jax.random.split(key)
-    t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_steps)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
     noise = jax.random.normal(k_noise, x0.shape)
     x_t = schedule.add_noise(x0, noise, t)
     if prediction == "epsilon":
         target = noise
     elif prediction == "x0":
         target = x0
-    elif prediction == "v":
-        target = schedule.velocity(x0, noise, t)
     else:
-        raise ValueError(f"prediction must be 'epsilon', 'x0' or 'v', got {prediction!r}")
-    return jnp.mean((model(x_t, t / schedule.num_steps) - target) ** 2)
-
-
-def as_model_fn(model, schedule: NoiseSchedule):
-    """``model(x, t / T)`` as the ``model_fn(x, t_int)`` that the samplers call."""
-    return lambda x, t: model(x, t / schedule.num_steps)
+        target = schedule.velocity(x0, noise, t)
+    return jnp.mean((model(x_t, schedule.to_u(t)) - target) ** 2)

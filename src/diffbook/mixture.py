@@ -282,39 +282,38 @@ def make_model(cfg, seed: int = 0, **options) -> MixtureMLP:
     return MixtureMLP(cfg.width, cfg.depth, rngs=nnx.Rngs(seed), **options)
 
 
-def _ancestral(schedule, net, key, n):
-    fn = lambda x, t: net(x, t / schedule.num_steps)
-    return samplers.ddpm_sample(schedule, fn, key, (n, 1), prediction="v", clip_x0=False), \
-        schedule.num_steps
+#: The options :func:`draw` gives each sampler unless told otherwise: the number of
+#: steps of the samplers that can take fewer than ``T`` (DDIM) or need a number
+#: (the reverse SDE's Euler-Maruyama).
+SAMPLER_OPTIONS = {"ddim": {"steps": 50}, "sde": {"steps": 1000}}
 
 
-def _ddim(schedule, net, key, n, steps=50):
-    fn = lambda x, t: net(x, t / schedule.num_steps)
-    x_T = jax.random.normal(key, (n, 1))
-    return samplers.ddim_sample(schedule, fn, x_T, steps=steps, prediction="v",
-                                clip_x0=False), steps
+def draw(name: str, schedule: NoiseSchedule, net, key: jax.Array, n: int, *,
+         prediction: str = "v", **options):
+    """``n`` samples of the chapter's 1-D model with the sampler called ``name``.
 
+    :func:`diffbook.samplers.sample` with shape ``(n, 1)``, no clipping (the
+    mixture is not bounded), the chapter's ``prediction`` ("v") and
+    :data:`SAMPLER_OPTIONS`; ``options`` override them.
 
-def _pc(schedule, net, key, n, predictor="ancestral"):
-    fn = lambda x, t: net(x, t / schedule.num_steps)
-    x = samplers.pc_sample(schedule, fn, key, (n, 1), corrector_steps=1, predictor=predictor,
-                           prediction="v")
-    return x, schedule.num_steps * (2 if predictor == "ancestral" else 1) + (predictor == "none")
+    Args:
+      name: a key of :data:`diffbook.samplers.SAMPLERS`.
+      schedule: the training schedule.
+      net: ``net(z, u)``, a trained :class:`MixtureMLP` or :func:`oracle_net`.
+      key: PRNG key.
+      n: the number of samples.
+      prediction: what ``net`` predicts.
+      **options: more sampler options (e.g. ``steps``, ``corrector_steps``).
 
+    Returns:
+      ``(z, nfe)``: samples in the model's coordinates, shape (n, 1), and the
+      number of network calls.
 
-def _ode(schedule, net, key, n):
-    return samplers.probability_flow(schedule, net, jax.random.normal(key, (n, 1)),
-                                     prediction="v")
+    Raises:
+      ValueError: for an unknown ``name`` or a bad ``n``.
+    """
+    from .checks import positive_int
 
-
-def _sde(schedule, net, key, n, steps=1000):
-    k_init, k_path = jax.random.split(key)
-    return samplers.reverse_sde(schedule, net, jax.random.normal(k_init, (n, 1)), k_path,
-                                steps=steps, prediction="v")
-
-
-#: Samplers of a v-predicting network ``net(x, u)`` in the model's coordinates:
-#: ``SAMPLERS[name](schedule, net, key, n) -> (samples of shape (n, 1), network calls)``.
-SAMPLERS = {"ancestral": _ancestral, "ddim": _ddim, "pc": _pc,
-            "annealed_langevin": lambda s, net, key, n: _pc(s, net, key, n, predictor="none"),
-            "ode": _ode, "sde": _sde}
+    positive_int(n, "n")
+    options = {**SAMPLER_OPTIONS.get(name, {}), **options}
+    return samplers.sample(name, schedule, net, key, (n, 1), prediction=prediction, **options)

@@ -2,7 +2,7 @@
 what a network can predict.
 
 Conventions (those of Ho et al. 2020 and of diffusers' schedulers): timesteps are
-integers ``t = 0 .. T-1``; ``betas[t]`` is the variance added by step ``t``,
+integers ``t = 0 .. T-1`` with ``T = num_timesteps``; ``betas[t]`` is the variance added by step ``t``,
 ``alpha_bars[t] = prod_{s <= t} (1 - betas[s])``, and the noised sample is
 
     x_t = sqrt(alpha_bars[t]) * x0 + sqrt(1 - alpha_bars[t]) * eps,   eps ~ N(0, I).
@@ -12,25 +12,37 @@ velocity ``v = sqrt(alpha_bar) * eps - sqrt(1 - alpha_bar) * x0`` ("v",
 Salimans & Ho 2022).  ``to_x0_eps`` turns any of them into the pair (x0, eps).
 
 One :class:`NoiseSchedule` object serves training and sampling alike, so the two
-can never disagree.
+can never disagree.  Networks never see the integer ``t``: at the network boundary
+time is the float ``u = t / T`` in [0, 1) (:meth:`NoiseSchedule.to_u`), the same
+input scale as every other network in the book.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .checks import one_of, positive_int
+
 PREDICTIONS = ("epsilon", "x0", "v")
 
 
-def _check_steps(num_steps) -> int:
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
-    return int(num_steps)
+class StepOutput(NamedTuple):
+    """What one sampler step returns (as diffusers' schedulers do).
+
+    Attributes:
+      prev_sample: the sample at the next, less noisy, timestep; shape of ``x_t``.
+      pred_x0: the clean sample predicted on the way (clipped when the step clips),
+        shape of ``x_t``: what the step aimed at, useful to watch a sampler work.
+    """
+
+    prev_sample: jax.Array
+    pred_x0: jax.Array
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ class NoiseSchedule:
     """A discrete noise schedule; build one with :meth:`linear`, :meth:`cosine` or
     :meth:`from_betas`.
 
-    Attributes are float32 arrays of length ``num_steps``: ``betas``, ``alphas``
+    Attributes are float32 arrays of length ``num_timesteps``: ``betas``, ``alphas``
     (= 1 - betas), ``alpha_bars`` and ``alpha_bars_prev`` (``alpha_bars`` shifted
     right, with 1 at ``t = 0``), and the posterior's coefficients
     ``posterior_x0_coef``, ``posterior_xt_coef`` and ``posterior_variance`` (see
@@ -79,16 +91,16 @@ class NoiseSchedule:
         return cls(betas=betas, name=name)
 
     @classmethod
-    def linear(cls, num_steps: int = 1000, beta_start: float = 1e-4,
+    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4,
                beta_end: float = 0.02) -> "NoiseSchedule":
         """Betas rising linearly from ``beta_start`` to ``beta_end`` (Ho et al. 2020)."""
-        num_steps = _check_steps(num_steps)
+        num_timesteps = positive_int(num_timesteps, "num_timesteps")
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-        return cls(np.linspace(beta_start, beta_end, num_steps), name="linear")
+        return cls(np.linspace(beta_start, beta_end, num_timesteps), name="linear")
 
     @classmethod
-    def cosine(cls, num_steps: int = 1000, s: float = 0.008,
+    def cosine(cls, num_timesteps: int = 1000, s: float = 0.008,
                max_beta: float = 0.999) -> "NoiseSchedule":
         """The cosine schedule of Nichol & Dhariwal (2021).
 
@@ -101,20 +113,32 @@ class NoiseSchedule:
         epsilon-prediction can still be turned into ``x0``.  (Clipping the betas to
         a small range such as [1e-4, 0.02] would make a different schedule.)
         """
-        num_steps = _check_steps(num_steps)
+        num_timesteps = positive_int(num_timesteps, "num_timesteps")
         if not s > 0:
             raise ValueError(f"s must be positive, got {s}")
         if not 0 < max_beta < 1:
             raise ValueError(f"max_beta must lie in (0, 1), got {max_beta}")
-        u = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+        u = np.arange(num_timesteps + 1, dtype=np.float64) / num_timesteps
         f = np.cos((u + s) / (1 + s) * math.pi / 2) ** 2
         betas = np.minimum(1.0 - f[1:] / f[:-1], max_beta)
         return cls(betas, name="cosine")
 
     # ---------------------------------------------------------------- accessors
     @property
-    def num_steps(self) -> int:
+    def num_timesteps(self) -> int:
+        """``T``, the number of noise levels (timesteps ``0 .. T-1``)."""
         return int(self.betas.shape[0])
+
+    def to_u(self, t) -> jax.Array:
+        """The network's time input for integer timesteps ``t``: ``u = t / T`` (float32).
+
+        Args:
+          t: integer timesteps, any shape (usually (B,)).
+
+        Returns:
+          Float32 array of ``t``'s shape, in [0, (T-1)/T].
+        """
+        return jnp.asarray(t, jnp.float32) / self.num_timesteps
 
     def _at(self, values: jax.Array, t, ndim: int) -> jax.Array:
         """values[t] shaped to broadcast against an array of rank ``ndim``."""
@@ -122,8 +146,8 @@ class NoiseSchedule:
         if not jnp.issubdtype(t.dtype, jnp.integer):
             raise TypeError(f"t must be integer timesteps, got dtype {t.dtype}")
         if not isinstance(t, jax.core.Tracer):
-            if np.any((np.asarray(t) < 0) | (np.asarray(t) >= self.num_steps)):
-                raise ValueError(f"t must lie in 0..{self.num_steps - 1}, got {np.asarray(t)}")
+            if np.any((np.asarray(t) < 0) | (np.asarray(t) >= self.num_timesteps)):
+                raise ValueError(f"t must lie in 0..{self.num_timesteps - 1}, got {np.asarray(t)}")
         out = values[t]
         return out.reshape(out.shape + (1,) * (ndim - out.ndim))
 
@@ -144,10 +168,31 @@ class NoiseSchedule:
         return jnp.sqrt(ab) * noise - jnp.sqrt(1.0 - ab) * x0
 
     def to_x0_eps(self, model_output: jax.Array, x_t: jax.Array, t,
-                  prediction: str = "epsilon") -> tuple[jax.Array, jax.Array]:
-        """Turn a network's output (of kind ``prediction``) at ``(x_t, t)`` into ``(x0, eps)``."""
-        return split_prediction(model_output, x_t, self._at(self.alpha_bars, t, x_t.ndim),
-                                prediction)
+                  prediction: str = "epsilon", *,
+                  clip_x0: bool = False) -> tuple[jax.Array, jax.Array]:
+        """Turn a network's output at ``(x_t, t)`` into the pair ``(x0, eps)``.
+
+        Args:
+          model_output: the network's output, shape of ``x_t``.
+          x_t: the noisy batch, shape (B, ...).
+          t: integer timesteps of shape (B,).
+          prediction: what the network predicts: "epsilon", "x0" or "v".
+          clip_x0: clip ``x0`` to [-1, 1] (for data that lives there) and recompute
+            ``eps`` from the clipped ``x0`` so that the pair still satisfies
+            ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``.  Every sampler clips here.
+
+        Returns:
+          ``(x0, eps)``, each of the shape of ``x_t``.
+
+        Raises:
+          ValueError: for an unknown ``prediction``.
+        """
+        ab = self._at(self.alpha_bars, t, x_t.ndim)
+        x0, eps = split_prediction(model_output, x_t, ab, prediction)
+        if clip_x0:
+            x0 = jnp.clip(x0, -1.0, 1.0)
+            eps = (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+        return x0, eps
 
     def posterior(self, x0: jax.Array, x_t: jax.Array, t) -> tuple[jax.Array, jax.Array]:
         """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. 2020, eq. 7).
@@ -162,21 +207,64 @@ class NoiseSchedule:
         return mean, self._at(self.posterior_variance, t, nd)
 
     def step(self, model_output: jax.Array, t, x_t: jax.Array, key: jax.Array, *,
-             prediction: str = "epsilon", clip_x0: bool = True) -> jax.Array:
+             prediction: str = "epsilon", clip_x0: bool = False) -> StepOutput:
         """One ancestral step ``x_t -> x_{t-1}`` (the sampler of Ho et al. 2020).
 
         The network's output becomes a predicted clean sample ``x0`` (clipped to
-        [-1, 1] if ``clip_x0``, for data that lives there); ``x_{t-1}`` is drawn from
-        the posterior q(x_{t-1} | x_t, x0) with its own, "fixed small", variance.
-        ``t`` is one integer timestep shared by the batch; at ``t = 0`` no noise is
-        added, so the step returns the posterior mean.
+        [-1, 1] if ``clip_x0``); ``x_{t-1}`` is drawn from the posterior
+        q(x_{t-1} | x_t, x0) with its own, "fixed small", variance.  At ``t = 0``
+        no noise is added, so the step returns the posterior mean, which is ``x0``.
+
+        Args:
+          model_output: the network's output at ``(x_t, t)``, shape (B, ...).
+          t: one integer timestep shared by the batch (may be traced).
+          x_t: the batch at timestep ``t``, shape (B, ...).
+          key: PRNG key for the posterior noise.
+          prediction: "epsilon", "x0" or "v".
+          clip_x0: clip the predicted ``x0`` to [-1, 1].
+
+        Returns:
+          :class:`StepOutput` ``(prev_sample, pred_x0)``, both of ``x_t``'s shape.
         """
         tb = jnp.full((x_t.shape[0],), t, jnp.int32)
-        x0, _ = self.to_x0_eps(model_output, x_t, tb, prediction)
-        if clip_x0:
-            x0 = jnp.clip(x0, -1.0, 1.0)
+        x0, _ = self.to_x0_eps(model_output, x_t, tb, prediction, clip_x0=clip_x0)
         mean, var = self.posterior(x0, x_t, tb)
-        return mean + jnp.sqrt(var) * jax.random.normal(key, x_t.shape)
+        return StepOutput(mean + jnp.sqrt(var) * jax.random.normal(key, x_t.shape), x0)
+
+    def ddim_step(self, model_output: jax.Array, t, t_prev, x_t: jax.Array,
+                  key: jax.Array | None = None, *, eta: float = 0.0,
+                  prediction: str = "epsilon", clip_x0: bool = False) -> StepOutput:
+        """One DDIM step ``x_t -> x_{t_prev}`` (Song et al. 2021, eq. 12).
+
+        With ``(x0, eps)`` read off the network's output,
+        ``x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z`` and
+        ``sigma = eta sqrt((1 - ab_prev) / (1 - ab) (1 - ab / ab_prev))``.  ``eta = 0``
+        is deterministic; ``eta = 1`` with ``t_prev = t - 1`` is the DDPM posterior.
+
+        Args:
+          model_output: the network's output at ``(x_t, t)``, shape (B, ...).
+          t: one integer timestep shared by the batch (may be traced).
+          t_prev: the timestep to jump to, ``< t``; ``-1`` means the clean data
+            (``alpha_bar = 1``).
+          x_t: the batch at timestep ``t``, shape (B, ...).
+          key: PRNG key for the noise; needed only when ``eta > 0``.
+          eta: the amount of fresh noise, >= 0.
+          prediction: "epsilon", "x0" or "v".
+          clip_x0: clip the predicted ``x0`` to [-1, 1] (``eps`` made consistent).
+
+        Returns:
+          :class:`StepOutput` ``(prev_sample, pred_x0)``, both of ``x_t``'s shape.
+        """
+        tb = jnp.full((x_t.shape[0],), t, jnp.int32)
+        x0, eps = self.to_x0_eps(model_output, x_t, tb, prediction, clip_x0=clip_x0)
+        ab = self.alpha_bars[t]
+        ab_prev = jnp.where(t_prev >= 0, self.alpha_bars[jnp.maximum(t_prev, 0)], 1.0)
+        sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+        direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma**2, 0.0)) * eps
+        x_prev = jnp.sqrt(ab_prev) * x0 + direction
+        if key is not None:
+            x_prev = x_prev + sigma * jax.random.normal(key, x_t.shape)
+        return StepOutput(x_prev, x0)
 
     # ---------------------------------------------------------- continuous time
     # The discrete schedule seen as a VP-SDE (Song et al. 2021): continuous time
@@ -188,12 +276,12 @@ class NoiseSchedule:
     # does not.
     def alpha_bar_at(self, u) -> jax.Array:
         """``alpha_bar`` at continuous times ``u`` (any shape), interpolated in log space."""
-        grid = jnp.arange(self.num_steps, dtype=jnp.float32) / self.num_steps
+        grid = jnp.arange(self.num_timesteps, dtype=jnp.float32) / self.num_timesteps
         return jnp.exp(jnp.interp(u, grid, jnp.log(self.alpha_bars)))
 
     def beta_at(self, u) -> jax.Array:
         """The VP-SDE's ``beta(u) = -d log alpha_bar / du`` (piecewise constant)."""
-        T = self.num_steps
+        T = self.num_timesteps
         if T < 2:
             raise ValueError("continuous time needs a schedule with at least 2 steps")
         i = jnp.clip(jnp.floor(jnp.asarray(u) * T).astype(jnp.int32), 0, T - 2)
@@ -209,11 +297,10 @@ def split_prediction(model_output: jax.Array, x_t: jax.Array, alpha_bar,
     ``s = sqrt(1 - alpha_bar)``: ``x_t = a x0 + s eps`` and ``v = a eps - s x0``,
     so ``x0 = a x_t - s v`` and ``eps = s x_t + a v``.
     """
+    one_of(prediction, "prediction", PREDICTIONS)
     a, s = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
     if prediction == "epsilon":
         return (x_t - s * model_output) / a, model_output
     if prediction == "x0":
         return model_output, (x_t - a * model_output) / s
-    if prediction == "v":
-        return a * x_t - s * model_output, s * x_t + a * model_output
-    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return a * x_t - s * model_output, s * x_t + a * model_output
