@@ -9,8 +9,24 @@ is reproducible: no timing metadata is stored, progress bars are off
 
     python tools/notebooks.py check
 
-fails if any ``.ipynb`` has inputs that differ from its ``.md``, or if a chapter's first
-code cell differs from the install cell generated for it (see ``install-cell``).
+fails if any ``.ipynb`` has inputs that differ from its ``.md``, if a chapter's first
+code cell differs from the install cell generated for it (see ``install-cell``), or if a
+chapter's definition marked as the twin of a library one differs from it.  A comment line
+
+    # twin: diffbook.vae.reparameterize
+
+directly above a ``def`` or ``class`` of a code cell (above its decorators, if any) says
+that the chapter writes out, for the reader to read and edit, the function, class or
+method that diffbook keeps (``diffbook.schedules.NoiseSchedule.step`` names a method).
+The two are compared as syntax trees, after leaving out what does not bear behaviour: the
+definition's own name, docstrings, comments, the type annotations of arguments and return
+values, and statements that only validate arguments (an ``if`` whose body only raises, a
+bare ``checks.xxx(...)`` or ``check*``/``_check*(...)`` call, ``x = checks.xxx(x, ...)``):
+the library checks its arguments, the chapter trusts its caller.  A chapter's name for
+another marked definition counts as its twin's name.  Everything else (constants,
+operators, calls, argument names and defaults, keywords, local names) must match; each
+difference is printed as ``notebooks/NN.md:LINE: name differs from twin: first differing
+node``, and so is a marker that names nothing or stands above no definition.
 
     python tools/notebooks.py install-cell [notebooks/NN_name.md ...]
 
@@ -30,6 +46,8 @@ cell took (the figures of the teachers' page).
 
 from __future__ import annotations
 
+import ast
+import copy
 import importlib.util
 import json
 import os
@@ -191,6 +209,269 @@ def install_cell_problems(md: Path) -> list[str]:
     return problems
 
 
+# -- one source for chapter and library: `# twin:` markers ------------------------------------
+
+TWIN = re.compile(r"^\s*#\s*twin:\s*(\S*)\s*$")
+_MAGIC = re.compile(r"^\s*[%!]")
+_SYMBOLS = {
+    "Add": "+", "Sub": "-", "Mult": "*", "MatMult": "@", "Div": "/", "Mod": "%", "Pow": "**",
+    "LShift": "<<", "RShift": ">>", "BitOr": "|", "BitXor": "^", "BitAnd": "&",
+    "FloorDiv": "//", "And": "and", "Or": "or", "Invert": "~", "Not": "not", "UAdd": "+",
+    "USub": "-", "Eq": "==", "NotEq": "!=", "Lt": "<", "LtE": "<=", "Gt": ">", "GtE": ">=",
+    "Is": "is", "IsNot": "is not", "In": "in", "NotIn": "not in"}
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _is_check_call(node) -> bool:
+    """A call of ``checks.anything(...)`` or of a function named ``check*``/``_check*``."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
+            and func.value.id == "checks":
+        return True
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+    return name.startswith(("check", "_check"))
+
+
+def _is_validation(stmt) -> bool:
+    """Whether ``stmt`` only validates arguments (see :func:`normalise`)."""
+    if isinstance(stmt, ast.If) and not stmt.orelse \
+            and all(isinstance(s, ast.Raise) for s in stmt.body):
+        return True
+    if isinstance(stmt, ast.Expr) and _is_check_call(stmt.value):
+        return True
+    # n = checks.positive_int(n, "n"): the argument, checked, back under its own name.
+    return (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+            and isinstance(stmt.targets[0], ast.Name) and _is_check_call(stmt.value)
+            and bool(stmt.value.args) and isinstance(stmt.value.args[0], ast.Name)
+            and stmt.value.args[0].id == stmt.targets[0].id)
+
+
+class _Normalise(ast.NodeTransformer):
+    def __init__(self, renames):
+        self.renames = renames
+
+    def visit_Name(self, node):
+        node.id = self.renames.get(node.id, node.id)
+        return node
+
+    def visit_arg(self, node):
+        node.annotation = node.type_comment = None
+        return node
+
+    def _definition(self, node):
+        body = node.body
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:]                                        # the docstring
+        if not isinstance(node, ast.ClassDef):
+            node.returns = node.type_comment = None
+            body = [stmt for stmt in body if not _is_validation(stmt)]
+        node.body = body or [ast.Pass()]
+        self.generic_visit(node)
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _definition
+
+
+def normalise(node, renames=None):
+    """A copy of the definition ``node`` reduced to the code that bears behaviour.
+
+    Left out: the definition's own name; every docstring (its own and those of the
+    functions and classes inside it); comments (a syntax tree has none); the type
+    annotations of arguments and return values; and statements that only validate
+    arguments, because the library checks what the chapter's code trusts its caller to
+    pass: an ``if`` whose body only raises, a bare call of ``checks.anything(...)`` or of a
+    function whose name starts with ``check`` or ``_check``, and ``x = checks.f(x, ...)``.
+    ``renames`` maps a chapter's names of other marked definitions to their twins' names
+    (the chapter's ``kl_to_prior`` is the library's ``kl_to_standard_normal``, so a call of
+    one is a call of the other). Everything else must match: constants (``1`` is not
+    ``1.0``), operators, calls, argument names and defaults, keywords, local names,
+    decorators, base classes and the names of methods.
+    """
+    node = _Normalise(renames or {}).visit(copy.deepcopy(node))
+    node.name = ""
+    return node
+
+
+def _show(node) -> str:
+    """Short text of a node (or value) for a message."""
+    if node is None:
+        return "nothing"
+    if not isinstance(node, ast.AST):
+        return repr(node)
+    if type(node).__name__ in _SYMBOLS:
+        return _SYMBOLS[type(node).__name__]
+    try:
+        text = " ".join(ast.unparse(node).split())
+    except Exception:  # noqa: BLE001 - a fragment that does not unparse alone
+        text = type(node).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _same_value(x, y) -> bool:
+    return type(x) is type(y) and x == y     # 1 == 1.0 == True in Python, not here
+
+
+def first_difference(chapter, library, _where=(None, None)):
+    """The first place where two normalised syntax trees differ, or ``None``.
+
+    Returns ``(chapter_node, library_node, description)``: the innermost nodes with a line
+    number around the difference, and a description such as ``"Constant 0.5 vs 0.25"``,
+    ``"operator + vs -"`` or ``"Name exp vs log"`` (the chapter's side first).
+    """
+    a, b = chapter, library
+    if isinstance(a, ast.AST) and hasattr(a, "lineno"):
+        _where = (a, b if hasattr(b, "lineno") else _where[1])
+    if isinstance(a, list) and isinstance(b, list):
+        for x, y in zip(a, b):
+            found = first_difference(x, y, _where)
+            if found:
+                return found
+        if len(a) == len(b):
+            return None
+        side, extra = ("chapter", a[len(b)]) if len(a) > len(b) else ("library", b[len(a)])
+        return (*_where, f"the {side} has one more: `{_show(extra)}`")
+    if type(a) is not type(b):
+        name_a, name_b = type(a).__name__, type(b).__name__
+        if name_a in _SYMBOLS and name_b in _SYMBOLS:
+            return (*_where, f"operator {_show(a)} vs {_show(b)}")
+        if isinstance(a, ast.AST) and isinstance(b, ast.AST):
+            return (*_where, f"{name_a} `{_show(a)}` vs {name_b} `{_show(b)}`")
+        return (*_where, f"{_show(a)} vs {_show(b)}")
+    if not isinstance(a, ast.AST):
+        return None if _same_value(a, b) else (*_where, f"{_show(a)} vs {_show(b)}")
+    for field in a._fields:
+        if field in ("ctx", "type_comment", "kind"):
+            continue
+        x, y = getattr(a, field, None), getattr(b, field, None)
+        if isinstance(x, (ast.AST, list)) or isinstance(y, (ast.AST, list)):
+            found = first_difference(x, y, _where)
+            if found:
+                return found
+        elif not _same_value(x, y):
+            owner = type(a).__name__
+            if owner in ("Name", "Attribute"):                 # jnp.sum vs jnp.mean
+                return (*_where, f"{owner} {_show(a)} vs {_show(b)}")
+            if field in ("value", "arg", "name", "module"):
+                label = {"arg": "argument" if owner == "arg" else "keyword"}.get(field, owner)
+                return (*_where, f"{label} {_show(x)} vs {_show(y)}")
+            return (*_where, f"{owner} {field} {_show(x)} vs {_show(y)} in `{_show(a)}`")
+    return None
+
+
+def _shown_path(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def library_definition(dotted: str):
+    """The syntax tree of the function, class or method ``dotted`` names, and its file.
+
+    ``dotted`` is a module path followed by a name (``diffbook.vae.reparameterize``) or a
+    class and a method (``diffbook.schedules.NoiseSchedule.step``). The module is found
+    with ``importlib`` (its packages are imported, the module itself is only parsed).
+
+    Raises:
+      LookupError: if no module of the path can be found, or it defines no such name.
+    """
+    parts = dotted.split(".")
+    spec, cut = None, 0
+    for i in range(1, len(parts)):          # the longest run of packages and a module
+        try:
+            found = importlib.util.find_spec(".".join(parts[:i]))
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            break
+        spec, cut = found, i
+        if found.submodule_search_locations is None:   # a module: the rest are names in it
+            break
+    if spec is None or not (spec.origin or "").endswith(".py"):
+        raise LookupError(f"no module of {dotted} can be found")
+    path = Path(spec.origin)
+    scope = ast.parse(path.read_text(), filename=str(path)).body
+    node = None
+    for name in parts[cut:]:
+        found = [n for n in scope if isinstance(n, _DEFINITIONS) and n.name == name]
+        if not found:
+            raise LookupError(f"{'.'.join(parts[:cut])} ({_shown_path(path)}) defines no "
+                              f"{'.'.join(parts[cut:])}")
+        node = found[-1]                   # the last definition of a name is the one in use
+        scope = node.body
+    return node, path
+
+
+def _code_cells(md: Path):
+    """``(first line in the .md, source)`` of each code cell of chapter ``md``."""
+    text = md.read_text()
+    cells, start = [], 0
+    for cell in jupytext.read(md).cells:
+        if cell.cell_type != "code":
+            continue
+        at = text.find(cell.source, start) if cell.source else -1
+        line = text.count("\n", 0, at) + 1 if at >= 0 else None
+        if at >= 0:
+            start = at + len(cell.source)
+        cells.append((line, cell.source))
+    return cells
+
+
+def twin_problems(md: Path) -> list[str]:
+    """Every ``# twin:`` marker of chapter ``md`` whose definition is not its library twin.
+
+    A comment line ``# twin: diffbook.module.name`` directly above a ``def`` or ``class`` of
+    a code cell (above its decorators, if any) says that the definition is the library's
+    ``diffbook.module.name`` (a function, class or method) written out for the reader.
+    The two must have the same syntax tree after :func:`normalise`; each difference is
+    reported as ``notebooks/NN.md:LINE: name differs from twin: first differing node``.
+    A marker that names nothing, or that stands above no definition, is a problem too.
+    """
+    shown = _shown_path(md)
+    problems, marked = [], []
+    for first, source in _code_cells(md):
+        lines = source.split("\n")
+        markers = [(i + 1, m.group(1)) for i, line in enumerate(lines)
+                   if (m := TWIN.match(line))]
+        if not markers:
+            continue
+        offset = first - 1 if first is not None else 0
+        blanked = "\n".join("" if _MAGIC.match(line) else line for line in lines)
+        try:
+            tree = ast.parse(blanked)
+        except SyntaxError as err:
+            problems.append(f"{shown}:{offset + (err.lineno or 1)}: a cell with a twin marker "
+                            f"does not parse: {err.msg}")
+            continue
+        starts = {min([n.lineno, *(d.lineno for d in n.decorator_list)]): n
+                  for n in ast.walk(tree) if isinstance(n, _DEFINITIONS)}
+        for line, dotted in markers:
+            node = starts.get(line + 1)
+            if node is None or not dotted:
+                problems.append(f"{shown}:{offset + line}: the twin marker "
+                                f"{'names nothing' if not dotted else 'stands above no def or class'}"
+                                " (write `# twin: diffbook.module.name` directly above one)")
+                continue
+            marked.append((offset, node, dotted))
+    renames = {node.name: dotted.rsplit(".", 1)[-1] for _, node, dotted in marked}
+    for offset, node, dotted in marked:
+        try:
+            twin, path = library_definition(dotted)
+        except LookupError as err:
+            problems.append(f"{shown}:{offset + node.lineno}: {node.name}: the twin marker "
+                            f"names {dotted}, which does not exist: {err}")
+            continue
+        found = first_difference(normalise(node, renames), normalise(twin))
+        if found:
+            ours, theirs, what = found
+            line = offset + getattr(ours, "lineno", node.lineno)
+            where = f"{_shown_path(path)}:{getattr(theirs, 'lineno', twin.lineno)}"
+            problems.append(f"{shown}:{line}: {node.name} differs from {dotted}: {what} "
+                            f"(library: {where})")
+    return problems
+
+
 def chapters(args) -> list[Path]:
     if args:
         return [Path(a).resolve().with_suffix(".md") for a in args]
@@ -258,10 +539,15 @@ def check(notebooks: Path = NOTEBOOKS) -> int:
         except Exception as err:  # jupytext raises its own NotebookDifference
             print(f"out of sync: {md.name}\n{err}")
             bad += 1
+        twins = twin_problems(md)
+        for problem in twins:
+            print(problem)
+        bad += bool(twins)
     return 1 if bad else 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))   # compare twins with this checkout's diffbook
     cmd, *rest = sys.argv[1:] or ["check"]
     if cmd == "execute":
         for md in chapters(rest):

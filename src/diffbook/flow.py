@@ -44,8 +44,8 @@ def cfm_loss(model, x1: jax.Array, key: jax.Array) -> jax.Array:
     k_t, k_noise = jax.random.split(key)
     t = logit_normal(k_t, x1.shape[0])
     x0 = jax.random.normal(k_noise, x1.shape)
-    tb = t.reshape((-1,) + (1,) * (x1.ndim - 1))
-    xt = (1.0 - tb) * x0 + tb * x1
+    t_ = t.reshape((-1,) + (1,) * (x1.ndim - 1))   # (B, 1, 1, 1): broadcast over pixels
+    xt = (1 - t_) * x0 + t_ * x1
     return jnp.mean((model(xt, t) - (x1 - x0)) ** 2)
 
 
