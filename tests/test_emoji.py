@@ -1,4 +1,4 @@
-"""The emoji data, the word tokenizer and the prompt-fidelity measure."""
+"""The emoji data: the subset rule, the renders, the cache and the loader."""
 
 import json
 import re
@@ -22,16 +22,6 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def emoji16(cache):
     return E.load_emoji(16, cache_dir=cache)
-
-
-def _shift(images, dy, dx):
-    """Move the content by (dy, dx) pixels, filling the uncovered border with white."""
-    out = np.ones_like(images)
-    r = images.shape[1]
-    dst = lambda d: slice(max(d, 0), r + min(d, 0))   # noqa: E731
-    src = lambda d: slice(max(-d, 0), r + min(-d, 0))  # noqa: E731
-    out[:, dst(dy), dst(dx)] = images[:, src(dy), src(dx)]
-    return out
 
 
 # ------------------------------------------------------------------ loader
@@ -86,6 +76,8 @@ def test_limit_takes_a_prefix(emoji16, cache):
         E.load_emoji(16, limit=0, cache_dir=cache)
     with pytest.raises(ValueError, match="limit"):
         E.load_emoji(16, limit=len(prompts) + 1, cache_dir=cache)
+    with pytest.raises(TypeError, match="limit"):
+        E.load_emoji(16, limit=2.0, cache_dir=cache)
 
 
 def test_cache_is_written_and_reused(emoji16, cache, monkeypatch):
@@ -150,90 +142,3 @@ def test_the_chapter_credits_openmoji_where_it_shows_the_images():
     assert "load_emoji" in "".join(first["source"]), "the first figure is not the data"
     text = "".join("".join(o.get("text", "")) for o in first["outputs"])
     assert E.CREDIT in text
-
-
-# ------------------------------------------------------------------ tokenizer
-def test_tokenizer_round_trip_and_padding():
-    tok = E.Tokenizer.fit(["grinning face", "red apple", "face with tears of joy"])
-    tokens, mask = tok.encode(["red apple", "Grinning FACE!"], max_len=4)
-    assert tokens.dtype == np.int32 and mask.dtype == bool and tokens.shape == mask.shape == (2, 4)
-    assert mask.tolist() == [[True, True, False, False], [True, True, False, False]]
-    assert np.all(tokens[~mask] == E.Tokenizer.PAD) and np.all(tokens[mask] >= 2)
-    assert tok.decode(tokens) == ["red apple", "grinning face"]
-    assert tok.decode(tokens[0]) == "red apple"
-    assert tok.vocab_size == 2 + 8
-    assert tok.encode(["face"], 1)[0][0, 0] == 2              # most frequent word first
-
-
-def test_tokenizer_unknown_words_and_truncation():
-    tok = E.Tokenizer.fit(["grinning face", "red apple"])
-    tokens, mask = tok.encode(["purple apple", "red red red apple", ""], max_len=3)
-    assert tokens[0, 0] == E.Tokenizer.UNK and mask[0].tolist() == [True, True, False]
-    assert tok.decode(tokens[0]) == "<unk> apple"
-    assert mask[1].all() and tok.decode(tokens[1]) == "red red red"   # cut to max_len words
-    assert not mask[2].any()                                         # empty prompt: all padding
-
-
-def test_tokenizer_rejects_bad_input():
-    with pytest.raises(TypeError, match="prompts"):
-        E.Tokenizer.fit("grinning face")
-    tok = E.Tokenizer.fit(["grinning face"])
-    with pytest.raises(TypeError, match="prompts"):
-        tok.encode([1, 2], max_len=4)
-    with pytest.raises(TypeError, match="prompts"):
-        tok.encode(None, max_len=4)
-    with pytest.raises(ValueError, match="max_len"):
-        tok.encode(["face"], max_len=0)
-
-
-def test_tokenizer_on_the_emoji_names(emoji16):
-    _, prompts = emoji16
-    words = [len(E._words(p)) for p in prompts]
-    assert max(words) <= 8                    # max_len=8 never truncates a name
-    tok = E.Tokenizer.fit(prompts[:320])
-    tokens, mask = tok.encode(prompts[:320], max_len=8)
-    assert mask.sum(axis=1).tolist() == words[:320]
-    assert not np.any(tokens == E.Tokenizer.UNK)
-    assert E.Tokenizer.fit(prompts[:320]).vocab == tok.vocab        # deterministic ids
-
-
-# ------------------------------------------------------------------ fidelity
-def test_fidelity_of_training_images_and_shifted_copies(emoji16):
-    train = emoji16[0][:320]
-    labels = np.arange(320)
-    exact = E.prompt_fidelity(train, labels, train)
-    assert exact["top1"] == 1.0 and exact["top5"] == 1.0
-    assert exact["nn_distance"] < 1e-6 and exact["distance_ratio"] < 1e-5
-    assert exact["train_spacing"] > 0.05 and exact["chance_top5"] == 5 / 320
-    shifted = E.prompt_fidelity(_shift(train, 0, 1), labels, train)   # one pixel to the right
-    assert shifted["top1"] > 0.85 and shifted["top5"] > 0.95
-    assert shifted["distance_ratio"] < 1.5
-
-
-def test_fidelity_of_unrelated_samples(emoji16):
-    train = emoji16[0][:320]
-    rng = np.random.default_rng(0)
-    shuffled = E.prompt_fidelity(train, rng.permutation(320), train)
-    assert shuffled["top5"] <= shuffled["chance_top5"] + 0.03
-    noise = E.prompt_fidelity(rng.uniform(-1, 1, (100, 16, 16, 3)), np.arange(100), train, k=3)
-    assert noise["distance_ratio"] > 2.0 and noise["top3"] <= 0.05
-    assert set(noise) >= {"top1", "top3", "chance_top3", "nn_distance", "train_spacing"}
-
-
-def test_fidelity_rejects_bad_input(emoji16):
-    train = emoji16[0][:50]
-    labels = np.arange(10)
-    with pytest.raises(ValueError, match="samples"):
-        E.prompt_fidelity(train[:10, :, :, 0], labels, train)
-    with pytest.raises(ValueError, match="samples"):
-        E.prompt_fidelity(train[:10] * 3, labels, train)
-    with pytest.raises(ValueError, match="train_images"):
-        E.prompt_fidelity(train[:10], labels, np.ones((50, 32, 32, 3), np.float32))
-    with pytest.raises(ValueError, match="train_images"):
-        E.prompt_fidelity(train[:10], labels, train - 1.5)
-    with pytest.raises(TypeError, match="sample_labels"):
-        E.prompt_fidelity(train[:10], labels.astype(float), train)
-    with pytest.raises(ValueError, match="sample_labels"):
-        E.prompt_fidelity(train[:10], labels + 45, train)
-    with pytest.raises(ValueError, match="k must"):
-        E.prompt_fidelity(train[:10], labels, train, k=51)

