@@ -170,7 +170,7 @@ def bench_mixture(args) -> dict:
 
 
 def bench_emoji(args) -> dict:
-    from . import emoji, metrics, nets, text_to_image, train
+    from . import guidance, metrics, nets, text_to_image, train
     from .schedules import NoiseSchedule
 
     cfg = config.pick(text_to_image.RECIPE, args.config)
@@ -180,24 +180,26 @@ def bench_emoji(args) -> dict:
         cfg = cfg.replace(prediction=args.prediction)
     if args.train_steps:
         cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
-    guidance = emoji.check_guidance(cfg.guidance if args.guidance is None else args.guidance)
+    scale = guidance.check_scale(cfg.guidance if args.guidance is None else args.guidance)
     images, prompts, tokenizer, tokens, mask = text_to_image.make_data(cfg)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     model = text_to_image.make_model(cfg, tokenizer.vocab_size, seed=args.seed)
     ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
                                           warmup=cfg.warmup)
     history = train.fit(model, optimizer,
-                        lambda m, b, k: emoji.cfg_loss(schedule, m, b, k, p_uncond=cfg.p_uncond,
-                                                       prediction=cfg.prediction),
+                        lambda m, b, k: guidance.cfg_loss(schedule, m, b, k,
+                                                          p_uncond=cfg.p_uncond,
+                                                          prediction=cfg.prediction),
                         (images, tokens, mask), steps=cfg.steps, batch_size=cfg.batch_size,
                         key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
                         progress=False)   # the chapter's fit: no EMA warm-up
-    sampler = emoji.GuidedDDIM(schedule, cfg.sample_steps, resolution=cfg.resolution,
-                               prediction=cfg.prediction)
-    # One image per prompt; the first call compiles, the second is timed.
-    draw = lambda key, scale: sampler(ema, tokens, mask, key, scale=scale)
-    _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1), guidance)
-    samples, sample_s = _timed(draw, jax.random.key(args.seed + 2), guidance)
+    sampler = guidance.GuidedSampler(schedule, steps=cfg.sample_steps, prediction=cfg.prediction)
+    # One image per prompt, from noise drawn with `key`; the first call compiles, the
+    # second is timed.
+    draw = lambda key, s, sampler=sampler: sampler(
+        ema, (tokens, mask), jax.random.normal(key, images.shape), scale=s)
+    _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1), scale)
+    (samples, nfe), sample_s = _timed(draw, jax.random.key(args.seed + 2), scale)
     samples = np.asarray(samples)
     labels = np.arange(len(prompts))
     fidelity = metrics.prompt_fidelity(samples, labels, images)
@@ -208,8 +210,8 @@ def bench_emoji(args) -> dict:
         "steps": history.steps, "batch_size": history.batch_size,
         "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
         "final_loss": round(float(history.loss[-100:].mean()), 4),
-        "prediction": cfg.prediction, "guidance": guidance,
-        "num_samples": int(len(samples)), "nfe": cfg.sample_steps,
+        "prediction": cfg.prediction, "guidance": scale,
+        "num_samples": int(len(samples)), "nfe": int(nfe),
         "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
         **{k: round(float(v), 4) for k, v in fidelity.items()},
     }
@@ -231,13 +233,14 @@ def bench_emoji(args) -> dict:
 
         from . import samplers
 
-        grid = samplers.ddim_timesteps(schedule.num_steps, cfg.sample_steps)[::-1]
+        grid = samplers.ddim_timesteps(schedule.num_timesteps, cfg.sample_steps)[::-1]
         seeds = range(3)
         ms = lambda xs: [round(float(np.mean(xs)), 4), round(float(np.std(xs)), 4)]
         top5 = lambda x: metrics.prompt_fidelity(np.clip(np.asarray(x), -1, 1), labels,
                                                  images)["top5"]
-        estimate = nnx.jit(lambda m, x, tk, mk, t, noise: emoji.x0_estimate(
-            schedule, m, x, tk, mk, t, noise, prediction=cfg.prediction))
+        estimate = nnx.jit(lambda m, x, tk, mk, t, noise: samplers.predict_x0(
+            schedule, lambda x, u: m(x, u, tk, mk), x, t, noise, prediction=cfg.prediction,
+            clip_x0=True))
         none = np.zeros_like(mask)
         x0_top5 = {}
         for t in grid[[0, 1, 2, 3, 4, 6, 9, 12, 18]].tolist():
@@ -249,28 +252,28 @@ def bench_emoji(args) -> dict:
                                  for n in noises])}
         late = {}
         for skip in (0, 1, 2, 4):
-            run = nnx.jit(lambda m, tk, mk, x, s, ts=grid[skip:]: emoji.guided_ddim_from(
-                schedule, m, tk, mk, x, ts, scale=s, prediction=cfg.prediction))
+            run = nnx.jit(lambda m, tk, mk, x, s, ts=grid[skip:]: guidance.guided_sample(
+                schedule, m, (tk, mk), x, scale=s, timesteps=ts, prediction=cfg.prediction,
+                clip_x0=True)[0])
             late[str(int(grid[skip]))] = {
-                str(scale): ms([top5(run(ema, tokens, mask, jax.random.normal(
-                    jax.random.key(args.seed + 2 + i), images.shape), jnp.float32(scale)))
+                str(s): ms([top5(run(ema, tokens, mask, jax.random.normal(
+                    jax.random.key(args.seed + 2 + i), images.shape), jnp.float32(s)))
                     for i in seeds])
-                for scale in sorted({1.0, guidance})}
+                for s in sorted({1.0, scale})}
         first = []
         for i in seeds:
             x_T = jax.random.normal(jax.random.key(args.seed + 2 + i), images.shape)
             tb = jnp.full((len(images),), int(grid[0]), jnp.int32)
-            out = emoji.guided_model_fn(ema, tokens, mask, 1.0, schedule.num_steps)(x_T, tb)
+            out = guidance.guided_model_fn(ema, (tokens, mask), 1.0)(x_T, schedule.to_u(tb))
             x0 = schedule.to_x0_eps(out, x_T, tb, cfg.prediction)[0]
             first.append(float(jnp.mean(jnp.abs(x0) > 1.0)))
         # The guided sampler with other numbers of steps (the chapter's exercise 1).
         by_steps = {}
         for steps in (10, cfg.sample_steps, 50):
-            other = emoji.GuidedDDIM(schedule, steps, resolution=cfg.resolution,
-                                     prediction=cfg.prediction)
-            fids = [metrics.prompt_fidelity(np.asarray(other(
-                ema, tokens, mask, jax.random.key(args.seed + 2 + i), scale=guidance)),
-                labels, images) for i in seeds]
+            other = guidance.GuidedSampler(schedule, steps=steps, prediction=cfg.prediction)
+            fids = [metrics.prompt_fidelity(np.asarray(draw(
+                jax.random.key(args.seed + 2 + i), scale, sampler=other)[0]), labels, images)
+                for i in seeds]
             by_steps[str(steps)] = {key: ms([f[key] for f in fids])
                                     for key in ("top1", "top5", "distance_ratio")}
         return {"x0_top5": x0_top5, "late_start_top5": late, "first_step_clipped": ms(first),
@@ -278,10 +281,10 @@ def bench_emoji(args) -> dict:
                 "alpha_bar": {str(int(t)): float(schedule.alpha_bars[int(t)])
                               for t in grid[:5]}}
 
-    for name, scale in (("conditional", 1.0), ("unconditional", 0.0)):
-        if scale != guidance:
+    for name, other_scale in (("conditional", 1.0), ("unconditional", 0.0)):
+        if other_scale != scale:
             other = metrics.prompt_fidelity(np.asarray(draw(jax.random.key(args.seed + 2),
-                                                            scale)), labels, images)
+                                                            other_scale)[0]), labels, images)
             result[f"top5_{name}"] = round(float(other["top5"]), 4)
     if args.probe:
         result.update(probe())

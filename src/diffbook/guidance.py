@@ -41,7 +41,7 @@ def check_scale(scale):
 
     Args:
       scale: a number, or a callable ``scale(u) -> array`` of ``u``'s shape (B,)
-        (a guidance schedule).
+        (a guidance schedule); a value traced under ``jax.jit`` passes unchecked.
 
     Returns:
       ``float(scale)``, or the callable unchanged.
@@ -50,8 +50,8 @@ def check_scale(scale):
       TypeError: if ``scale`` is neither a number nor callable.
       ValueError: if it is a negative, infinite or NaN number.
     """
-    if callable(scale):
-        return scale
+    if callable(scale) or isinstance(scale, jax.core.Tracer):
+        return scale   # a schedule, or a value traced under jit: checked by its caller
     return finite_number(scale, "scale", minimum=0.0)
 
 
