@@ -1,4 +1,12 @@
-"""Fixtures shared by the tests of the built book (tests/test_book.py, tests/test_browser.py)."""
+"""What several test files share: the built book (tests/test_book.py, tests/test_browser.py)
+and :func:`assert_every_param_gets_a_gradient`.
+
+Test modules import the helpers with ``from conftest import ...``: pytest puts this
+folder first on ``sys.path`` and imports this file as the module ``conftest`` before it
+collects the tests here (also in each pytest-xdist worker).  The repository's root
+``conftest.py`` is imported first, so by the time a test module here is imported,
+``conftest`` is this file.
+"""
 
 import fcntl
 import json
@@ -103,3 +111,35 @@ def oracle():
 def counted():
     """``counted(model_fn)`` -> a :class:`CallCounter`; ``.count()`` the real calls."""
     return CallCounter
+
+
+def assert_every_param_gets_a_gradient(model, loss_fn, *, jit: bool = False):
+    """Fail, naming them, if some parameters of ``model`` get an all-zero gradient.
+
+    A parameter that NNX cannot see (kept in a plain list or a closure) or that the
+    forward pass skips is never trained; this is the check that catches it.
+
+    Args:
+      model: the NNX model.
+      loss_fn: ``loss_fn(model) -> scalar``; make it depend on every output (for
+        example the sum of squares), with inputs that exercise every branch.
+      jit: compile the gradient (much faster for large models than op by op).
+
+    Returns:
+      The gradients, an ``nnx.State`` of ``model``'s ``nnx.Param`` variables, for
+      further checks.
+    """
+    # Imported here: the book's tests use this file too and need no JAX.
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    grad_fn = nnx.grad(loss_fn)
+    grads = nnx.jit(grad_fn)(model) if jit else grad_fn(model)
+    grads = nnx.state(grads, nnx.Param)
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    assert len(flat) == len(jax.tree.leaves(nnx.state(model, nnx.Param))), \
+        "the gradient does not cover every parameter"
+    dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g))]
+    assert not dead, f"parameters without gradient: {dead}"
+    return grads

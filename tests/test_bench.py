@@ -110,3 +110,14 @@ def test_emoji_bench_rejects_a_negative_guidance_scale():
     out = subprocess.run([sys.executable, "-m", "diffbook.bench", "emoji", "--guidance", "-1"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "--guidance" in out.stderr
+
+
+def test_bench_rejects_counts_below_their_minimum():
+    for options, name in ((("flow_matching", "--train-steps", "1"), "--train-steps"),
+                          (("mixture", "--num-samples", "0"), "--num-samples"),
+                          (("emoji", "--num-emoji", "5"), "--num-emoji"),
+                          (("vae", "--seed", "-1"), "--seed")):
+        out = subprocess.run([sys.executable, "-m", "diffbook.bench", *options],
+                             capture_output=True, text=True)
+        assert out.returncode == 2 and f"argument {name}: must be an int >=" in out.stderr, \
+            out.stderr

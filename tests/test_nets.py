@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_every_param_gets_a_gradient
 from flax import nnx
 
 from diffbook import nets
@@ -11,7 +12,7 @@ def _randomise_output_layer(model, seed=1):
     # The output convolution starts at zero, which blocks every gradient behind
     # it; give it random weights so each parameter's gradient can be seen.
     kernel = model.out.kernel
-    kernel.value = 0.1 * jax.random.normal(jax.random.key(seed), kernel.value.shape)
+    kernel[...] = 0.1 * jax.random.normal(jax.random.key(seed), kernel.shape)
 
 
 @pytest.mark.parametrize("channels, attention", [((8, 16), True), ((8, 16, 16), False)])
@@ -20,11 +21,7 @@ def test_every_parameter_gets_a_gradient(channels, attention):
     _randomise_output_layer(model)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     t = jnp.linspace(0.1, 0.9, 4)
-    grads = nnx.grad(lambda m: jnp.sum(m(x, t) ** 2))(model)
-    flat = jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]
-    assert len(flat) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
-    dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g) != 0)]
-    assert not dead, f"parameters without gradient: {dead}"
+    assert_every_param_gets_a_gradient(model, lambda m: jnp.sum(m(x, t) ** 2))
 
 
 @pytest.mark.parametrize("time_embedding, expected", [(False, 1505), (True, 1633)])
@@ -158,3 +155,24 @@ def test_text_encoder_rejects_bad_input():
         enc(jnp.zeros((2, 4), jnp.int32), jnp.ones((2, 3), bool))
     with pytest.raises(ValueError, match="context"):
         nets.UNet(3, (8, 16), context_dim=8, rngs=nnx.Rngs(0))(jnp.zeros((1, 8, 8, 3)), 0.5)
+
+
+def test_unet_from_recipe_reads_the_widths_and_seeds_the_weights():
+    from diffbook import config
+
+    cfg = config.Config("tiny", dict(channels=(8, 16), peak_lr=1e-3))
+    a, b = nets.unet_from_recipe(cfg, seed=0), nets.unet_from_recipe(cfg, seed=0)
+    assert nets.count_params(a) == nets.count_params(nets.UNet(1, (8, 16), rngs=nnx.Rngs(0)))
+    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+        np.testing.assert_array_equal(x, y)
+    other = nets.unet_from_recipe(cfg, seed=1)
+    assert not np.array_equal(other.stem.kernel[...], a.stem.kernel[...])
+    assert nets.unet_from_recipe(cfg, in_channels=3).out.kernel.shape[-1] == 3
+    with pytest.raises(KeyError, match="channels"):
+        nets.unet_from_recipe(dict(peak_lr=1e-3))
+    with pytest.raises(ValueError, match="seed"):
+        nets.unet_from_recipe(cfg, seed=-1)
+    with pytest.raises(ValueError, match=r"channels\[1\]"):
+        nets.UNet(1, (8, 0), rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="in_channels"):
+        nets.UNet(1.5, (8, 16), rngs=nnx.Rngs(0))

@@ -40,8 +40,8 @@ def test_fit_learns_and_tracks_an_ema():
                         key=jax.random.key(0), ema=ema, ema_decay=0.9, check_every=7)
     assert history.loss.shape == (300,)
     assert history.loss[-20:].mean() < 1e-3 * history.loss[:5].mean()
-    np.testing.assert_allclose(model.linear.kernel.value[:, 0], [1.0, -2.0, 0.5], atol=1e-2)
-    np.testing.assert_allclose(ema.linear.kernel.value, model.linear.kernel.value, atol=1e-2)
+    np.testing.assert_allclose(model.linear.kernel[...][:, 0], [1.0, -2.0, 0.5], atol=1e-2)
+    np.testing.assert_allclose(ema.linear.kernel[...], model.linear.kernel[...], atol=1e-2)
     n = jax.device_count()
     assert (history.steps, history.devices) == (300, n)
     # 32 per step, or the next multiple of the device count.
@@ -69,8 +69,14 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="leading size"):
         train.fit(model, opt, mse, (data[0], data[1][:10]), steps=5, batch_size=8,
                   key=jax.random.key(0))
-    with pytest.raises(ValueError, match="warmup"):
+    with pytest.raises(TypeError, match="steps"):
+        train.fit(model, opt, mse, data, steps=5.0, batch_size=8, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="warmup must be less than steps"):
         train.warmup_cosine(1e-3, 10, 10)
+    with pytest.raises(ValueError, match="peak_lr"):
+        train.warmup_cosine(float("nan"), 10, 1)
+    with pytest.raises(ValueError, match="clip"):
+        train.adamw_with_ema(model, peak_lr=1e-3, steps=10, warmup=1, clip=0.0)
 
 
 # Rounding needs more than one device, so it runs in a process with 8 virtual CPUs.
@@ -142,7 +148,7 @@ SCRIPT = textwrap.dedent("""
     history = train.fit(model, opt, loss_fn, data, steps=3, batch_size=batch,
                         key=jax.random.key(0), mesh=mesh)
     # The parameters really are replicated and the step ran on every device.
-    kernel = model.inp.kernel.value
+    kernel = model.inp.kernel[...]
     leaves = [np.asarray(p).ravel() for p in jax.tree.leaves(nnx.state(model, nnx.Param))]
     print(json.dumps({"devices": jax.device_count(), "batch": history.batch_size,
                       "replicated": kernel.sharding.is_fully_replicated,

@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from . import config
+from . import checks, config
 
 
 def _timed(fn, *args):
@@ -25,14 +25,45 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
+def _with_train_steps(cfg, args):
+    """``cfg`` with ``--train-steps`` applied (the warm-up shortened to fit), if given."""
+    if args.train_steps is None:
+        return cfg
+    return cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
+
+
+def _rounded(figures: dict, digits: int = 4) -> dict:
+    """``figures`` with every float rounded (for the JSON line)."""
+    return {k: (round(float(v), digits) if isinstance(v, (float, np.floating)) else v)
+            for k, v in figures.items()}
+
+
+def _report(chapter, cfg, model, history, *, loss_window: int, loss_digits: int = 4,
+            **figures) -> dict:
+    """The JSON line's fields every benchmark shares, then the chapter's ``figures``.
+
+    ``final_loss`` is the mean loss of the last ``loss_window`` steps."""
+    from . import nets
+
+    return {
+        "chapter": chapter, "config": cfg.name, "backend": jax.default_backend(),
+        "devices": jax.device_count(), "params": nets.count_params(model),
+        "steps": history.steps, "batch_size": history.batch_size,
+        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
+        "final_loss": round(float(history.loss[-loss_window:].mean()), loss_digits),
+        **figures,
+    }
+
+
 def _train_digit_unet(cfg, loss_fn, args):
     """Train a chapter's digit U-Net recipe; returns (model, ema, history)."""
-    from . import data, train
+    from . import data, nets, train
 
-    if args.train_steps:
-        cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
+    cfg = _with_train_steps(cfg, args)
     images, _ = data.load_digits(cfg.digit, split="train")
-    model, ema, optimizer = train.setup_unet(cfg, seed=args.seed)
+    model = nets.unet_from_recipe(cfg, seed=args.seed)
+    ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
+                                          warmup=cfg.warmup)
     history = train.fit(model, optimizer, loss_fn, images, steps=cfg.steps,
                         batch_size=cfg.batch_size, key=jax.random.key(args.seed), ema=ema,
                         ema_decay=cfg.ema_decay, progress=False)
@@ -51,23 +82,17 @@ def _save_digit_samples(path, samples, digit) -> None:
 
 def _sample_and_report(chapter, cfg, model, history, draw, state, args, **extra) -> dict:
     """Time ``draw(state, key) -> (samples, nfe)`` (compiled first), save and measure the samples."""
-    from . import metrics, nets
+    from . import metrics
 
     _, sample_compile_s = _timed(draw, state, jax.random.key(args.seed + 1))
     (samples, nfe), sample_s = _timed(draw, state, jax.random.key(args.seed + 2))
     samples = np.clip(np.asarray(samples), -1.0, 1.0)
     _save_digit_samples(args.samples, samples, cfg.digit)
     quality = metrics.digit_quality(samples, cfg.digit)
-    return {
-        "chapter": chapter, "config": cfg.name, "backend": jax.default_backend(),
-        "devices": jax.device_count(), "params": nets.count_params(model),
-        "steps": history.steps, "batch_size": history.batch_size,
-        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
-        "final_loss": round(float(history.loss[-50:].mean()), 4), **extra,
-        "num_samples": int(len(samples)), "nfe": int(nfe),
-        "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
-        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in quality.items()},
-    }
+    return _report(chapter, cfg, model, history, loss_window=50, **extra,
+                   num_samples=int(len(samples)), nfe=int(nfe),
+                   sample_compile_s=round(sample_compile_s, 2), sample_s=round(sample_s, 2),
+                   **_rounded(quality))
 
 
 def bench_flow_matching(args) -> dict:
@@ -116,29 +141,39 @@ def bench_ddpm(args) -> dict:
                               sampler=args.sampler, sample_steps=steps)
 
 
+def _int_at_least(minimum: int):
+    """An argparse ``type=``: the option's int, refused (exit 2, naming it) below ``minimum``."""
+    def convert(text: str) -> int:
+        try:
+            return checks.positive_int(int(text), "the value", minimum=minimum)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+
+    return convert
+
+
 def _flow_matching_options(parser):
-    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--num-samples", type=_int_at_least(1), default=256)
 
 
 def _ddpm_options(parser):
-    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--num-samples", type=_int_at_least(1), default=256)
     from .samplers import SAMPLERS
 
     parser.add_argument("--sampler", choices=["ddpm", *sorted(set(SAMPLERS) - {"ancestral"})],
                         default="ddpm", help="ddpm: the ancestral sampler; the others are "
                         "diffbook.samplers.SAMPLERS")
-    parser.add_argument("--steps", type=int,
+    parser.add_argument("--steps", type=_int_at_least(1),
                         help="sampling steps (ddpm, pc: must equal the schedule's 1000; "
                              "ddim, sde: default 50; ode: adaptive unless given)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
 
 
 def bench_mixture(args) -> dict:
-    from . import ddpm, mixture, nets, train
+    from . import ddpm, mixture, train
 
     cfg = config.pick(mixture.RECIPE, args.config)
-    if args.train_steps:
-        cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
+    cfg = _with_train_steps(cfg, args)
     schedule = mixture.make_schedule(cfg)
     data = mixture.make_data(cfg, jax.random.key(args.seed))
     model = mixture.make_model(cfg, seed=args.seed)
@@ -156,21 +191,14 @@ def bench_mixture(args) -> dict:
     if args.samples:
         np.save(args.samples, samples)
     quality = mixture.quality(mixture.MIXTURE, samples)
-    return {
-        "chapter": "mixture", "config": cfg.name, "backend": jax.default_backend(),
-        "devices": jax.device_count(), "params": nets.count_params(model),
-        "steps": cfg.steps, "batch_size": history.batch_size,
-        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
-        "final_loss": round(float(history.loss[-200:].mean()), 4), "sampler": args.sampler,
-        "num_samples": int(samples.size), "nfe": int(nfe),
-        "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
-        "exact_weights": list(mixture.MIXTURE.weights),
-        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in quality.items()},
-    }
+    return _report("mixture", cfg, model, history, loss_window=200, sampler=args.sampler,
+                   num_samples=int(samples.size), nfe=int(nfe),
+                   sample_compile_s=round(sample_compile_s, 2), sample_s=round(sample_s, 2),
+                   exact_weights=list(mixture.MIXTURE.weights), **_rounded(quality))
 
 
 def bench_emoji(args) -> dict:
-    from . import guidance, metrics, nets, text_to_image, train
+    from . import guidance, metrics, text_to_image, train
     from .schedules import NoiseSchedule
 
     cfg = config.pick(text_to_image.RECIPE, args.config)
@@ -178,8 +206,7 @@ def bench_emoji(args) -> dict:
         cfg = cfg.replace(num_emoji=args.num_emoji)
     if args.prediction:
         cfg = cfg.replace(prediction=args.prediction)
-    if args.train_steps:
-        cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
+    cfg = _with_train_steps(cfg, args)
     scale = guidance.check_scale(cfg.guidance if args.guidance is None else args.guidance)
     images, prompts, tokenizer, tokens, mask = text_to_image.make_data(cfg)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
@@ -203,18 +230,12 @@ def bench_emoji(args) -> dict:
     samples = np.asarray(samples)
     labels = np.arange(len(prompts))
     fidelity = metrics.prompt_fidelity(samples, labels, images)
-    result = {
-        "chapter": "emoji", "config": cfg.name, "backend": jax.default_backend(),
-        "devices": jax.device_count(), "params": nets.count_params(model),
-        "resolution": cfg.resolution, "num_emoji": len(prompts),
-        "steps": history.steps, "batch_size": history.batch_size,
-        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
-        "final_loss": round(float(history.loss[-100:].mean()), 4),
-        "prediction": cfg.prediction, "guidance": scale,
-        "num_samples": int(len(samples)), "nfe": int(nfe),
-        "sample_compile_s": round(sample_compile_s, 2), "sample_s": round(sample_s, 2),
-        **{k: round(float(v), 4) for k, v in fidelity.items()},
-    }
+    result = _report("emoji", cfg, model, history, loss_window=100,
+                     resolution=cfg.resolution, num_emoji=len(prompts),
+                     prediction=cfg.prediction, guidance=scale,
+                     num_samples=int(len(samples)), nfe=int(nfe),
+                     sample_compile_s=round(sample_compile_s, 2), sample_s=round(sample_s, 2),
+                     **{k: round(float(v), 4) for k, v in fidelity.items()})
     # The same noise without guidance (scale 1: the conditional model alone) and
     # without the prompt (scale 0): what guidance adds.
     def probe() -> dict:
@@ -301,8 +322,9 @@ def _emoji_options(parser):
                              "1: the conditional model without guidance (default: the recipe's)")
     parser.add_argument("--prediction", choices=["epsilon", "v"],
                         help="what the network predicts (default: the recipe's, v)")
-    parser.add_argument("--num-emoji", type=int,
-                        help="override the recipe's number of emoji (for quick checks)")
+    parser.add_argument("--num-emoji", type=_int_at_least(6),
+                        help="override the recipe's number of emoji (for quick checks; at "
+                             "least 6: fidelity looks at the 5 nearest)")
     parser.add_argument("--probe", action="store_true",
                         help="also measure where the network learned the prompts: fidelity of "
                              "its clean-image estimate at each noise level, and of samples "
@@ -312,16 +334,15 @@ def _emoji_options(parser):
 def _mixture_options(parser):
     from .samplers import SAMPLERS
 
-    parser.add_argument("--num-samples", type=int, default=10_000)
+    parser.add_argument("--num-samples", type=_int_at_least(1), default=10_000)
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="ancestral")
 
 
 def bench_vae(args) -> dict:
-    from . import data, metrics, nets, train, vae
+    from . import data, metrics, train, vae
 
     cfg = config.pick(vae.RECIPE, args.config)
-    if args.train_steps:
-        cfg = cfg.replace(steps=args.train_steps, warmup=min(cfg.warmup, args.train_steps // 2))
+    cfg = _with_train_steps(cfg, args)
     x_train, y_train = data.load_digits(split="train")
     x_test, _ = data.load_digits(split="held_out")
     model, optimizer = vae.make_model_and_optimizer(cfg, seed=args.seed)
@@ -336,20 +357,14 @@ def bench_vae(args) -> dict:
     samples = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
     _save_digit_samples(args.samples, samples, None)
     quality = metrics.digit_quality(samples, None)
-    return {
-        "chapter": "vae", "config": cfg.name, "backend": jax.default_backend(),
-        "devices": jax.device_count(), "params": nets.count_params(model),
-        "steps": cfg.steps, "batch_size": history.batch_size,
-        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
-        "final_loss": round(float(history.loss[-50:].mean()), 3),
-        "held_out_elbo": round(test_elbo, 3), "eval_s": round(eval_s, 2),
-        "num_samples": int(len(samples)), "sample_s": round(sample_s, 2),
-        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in quality.items()},
-    }
+    return _report("vae", cfg, model, history, loss_window=50, loss_digits=3,
+                   held_out_elbo=round(test_elbo, 3), eval_s=round(eval_s, 2),
+                   num_samples=int(len(samples)), sample_s=round(sample_s, 2),
+                   **_rounded(quality))
 
 
 def _vae_options(parser):
-    parser.add_argument("--num-samples", type=int, default=1000,
+    parser.add_argument("--num-samples", type=_int_at_least(1), default=1000,
                         help="prior samples to draw and measure (at least 599, the held-out images)")
 
 
@@ -372,13 +387,11 @@ def main(argv=None) -> int:
                          help="save the samples here (.npz; digits: with train_indices)")
         sub.add_argument("--config", choices=["cpu", "accelerator"],
                          help="recipe to run (default: chosen by the device)")
-        sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--train-steps", type=int,
+        sub.add_argument("--seed", type=_int_at_least(0), default=0)
+        sub.add_argument("--train-steps", type=_int_at_least(2),
                          help="override the recipe's training steps (for quick checks)")
         add_options(sub)
     args = parser.parse_args(argv)
-    if getattr(args, "num_samples", 1) < 1:
-        parser.error("--num-samples must be positive")
     if args.chapter in ("vae", "ddpm", "flow_matching"):
         from .data import split_indices
 
@@ -390,14 +403,10 @@ def main(argv=None) -> int:
         if args.num_samples < needed:
             parser.error(f"--num-samples must be at least {needed} for the {args.chapter} "
                          f"benchmark (samples are judged against {needed} held-out images)")
-    if args.train_steps is not None and args.train_steps < 2:
-        parser.error("--train-steps must be at least 2")
     if getattr(args, "sampler", None) == "ddpm" and args.steps not in (None, 1000):
         parser.error("the ddpm sampler visits every timestep: use --sampler ddim for fewer steps")
-    if getattr(args, "steps", None) is not None and not 1 <= args.steps <= 1000:
+    if getattr(args, "steps", None) is not None and args.steps > 1000:
         parser.error("--steps must be in 1..1000")
-    if getattr(args, "num_emoji", None) is not None and args.num_emoji < 6:
-        parser.error("--num-emoji must be at least 6 (fidelity looks at the 5 nearest)")
     if getattr(args, "guidance", None) is not None:
         from .emoji import check_guidance
 

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from . import checks
+
 
 def sinusoidal_embedding(t: jax.Array, dim: int, *, max_period: float = 10_000.0,
                          scale: float = 1000.0) -> jax.Array:
@@ -25,7 +27,8 @@ def sinusoidal_embedding(t: jax.Array, dim: int, *, max_period: float = 10_000.0
     ``t`` is multiplied by ``scale`` first, so times in ``[0, 1]`` cover the
     same frequencies as integer timesteps ``0..1000`` would.
     """
-    if dim % 2 or dim < 2:
+    dim = checks.positive_int(dim, "dim", minimum=2)
+    if dim % 2:
         raise ValueError(f"dim must be a positive even number, got {dim}")
     t = jnp.asarray(t, jnp.float32)
     if t.ndim != 1:
@@ -124,8 +127,8 @@ class TextEncoder(nnx.Module):
 
     def __init__(self, vocab_size: int, dim: int = 64, *, max_len: int = 16, layers: int = 2,
                  num_heads: int = 4, rngs: nnx.Rngs):
-        if vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {vocab_size}")
+        vocab_size = checks.positive_int(vocab_size, "vocab_size", minimum=2)
+        max_len = checks.positive_int(max_len, "max_len")
         self.max_len = max_len
         self.embed = nnx.Embed(vocab_size, dim, rngs=rngs)
         self.start = nnx.Param(jax.random.normal(rngs.params(), (dim,)) * 0.02)
@@ -185,11 +188,13 @@ class UNet(nnx.Module):
                  emb_dim: int = 64, attention: bool = True, out_channels: int | None = None,
                  context_dim: int | None = None,
                  cross_attention_levels: Sequence[int] | None = None, rngs: nnx.Rngs):
-        channels = tuple(int(c) for c in channels)
-        if not channels or min(channels) < 1:
-            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        channels = tuple(channels)
+        if not channels:
+            raise ValueError("channels must be a non-empty sequence of positive ints, got ()")
+        channels = tuple(checks.positive_int(c, f"channels[{i}]") for i, c in enumerate(channels))
+        in_channels = checks.positive_int(in_channels, "in_channels")
+        emb_dim = checks.positive_int(emb_dim, "emb_dim", minimum=2)
+        out_channels = checks.positive_int(out_channels, "out_channels", allow_none=True)
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels
         self.levels = len(channels)
@@ -274,6 +279,37 @@ class UNet(nnx.Module):
             if level in cross:
                 h = self.cross_up[cross[level]](h, context, context_mask)
         return self.out(nnx.silu(self.out_norm(h)))
+
+
+def unet_from_recipe(cfg, *, in_channels: int = 1, seed: int = 0) -> UNet:
+    """The U-Net of a chapter's recipe: a :class:`UNet` of widths ``cfg["channels"]``.
+
+    The digit chapters build their network this way; pair it with
+    :func:`diffbook.train.adamw_with_ema` for its EMA copy and optimiser::
+
+        model = nets.unet_from_recipe(cfg, seed=0)
+        ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
+                                              warmup=cfg.warmup)
+
+    Args:
+      cfg: a recipe (a mapping such as :class:`diffbook.config.Config`) with the key
+        ``"channels"``, a sequence of positive ints (one width per resolution level).
+      in_channels: channels of the images (1 for digits); also the output's.
+      seed: seed of the ``nnx.Rngs`` for the initial weights; the same seed gives
+        the same weights.
+
+    Returns:
+      A fresh :class:`UNet` mapping ``(B, H, W, in_channels), (B,)`` to
+      ``(B, H, W, in_channels)``.
+
+    Raises:
+      KeyError: if ``cfg`` has no ``"channels"``.
+      TypeError, ValueError: if ``in_channels``, ``seed`` or the widths are not valid.
+    """
+    if "channels" not in cfg:
+        raise KeyError(f"the recipe has no 'channels' (the U-Net's widths); it has {sorted(cfg)}")
+    seed = checks.positive_int(seed, "seed", minimum=0)
+    return UNet(in_channels, cfg["channels"], rngs=nnx.Rngs(seed))
 
 
 def count_params(model: nnx.Module) -> int:

@@ -27,6 +27,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import checks
+from .checkpoint import TrainingCheckpoints
+
 
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh named ``"data"`` over ``devices`` (default: all devices)."""
@@ -40,46 +43,71 @@ def replicate(tree, mesh: Mesh):
 
 
 def global_batch_size(batch_size: int, mesh: Mesh) -> int:
-    """``batch_size`` rounded up to a multiple of the device count (so every device gets a slice)."""
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    """``batch_size`` rounded up to a multiple of the device count (so every device gets a slice).
+
+    Raises:
+      TypeError, ValueError: if ``batch_size`` is not a positive int.
+    """
+    batch_size = checks.positive_int(batch_size, "batch_size")
     n = mesh.devices.size
-    return -(-int(batch_size) // n) * n
+    return -(-batch_size // n) * n
 
 
 def warmup_cosine(peak_lr: float, steps: int, warmup: int, *, final_fraction: float = 0.01):
     """Linear warm-up from 0 to ``peak_lr`` for ``warmup`` steps, then cosine decay to
-    ``final_fraction * peak_lr`` at ``steps``."""
-    if steps < 1 or not 0 <= warmup < steps:
-        raise ValueError(f"need steps >= 1 and 0 <= warmup < steps, got steps={steps}, warmup={warmup}")
-    if not peak_lr > 0:
-        raise ValueError(f"peak_lr must be positive, got {peak_lr}")
+    ``final_fraction * peak_lr`` at ``steps``.
+
+    Args:
+      peak_lr: the largest learning rate, > 0.
+      steps: optimiser steps of the whole run, >= 1.
+      warmup: steps of the linear warm-up, ``0 <= warmup < steps``.
+      final_fraction: the last learning rate as a fraction of ``peak_lr``, >= 0.
+
+    Returns:
+      An ``optax`` schedule: step -> learning rate.
+
+    Raises:
+      TypeError, ValueError: for an argument outside those ranges (named in the message).
+    """
+    steps = checks.positive_int(steps, "steps")
+    warmup = checks.positive_int(warmup, "warmup", minimum=0)
+    if warmup >= steps:
+        raise ValueError(f"warmup must be less than steps, got warmup={warmup}, steps={steps}")
+    peak_lr = checks.finite_number(peak_lr, "peak_lr", minimum=0, strictly=True)
+    final_fraction = checks.finite_number(final_fraction, "final_fraction", minimum=0)
     return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup, steps,
                                               end_value=final_fraction * peak_lr)
 
 
 def adamw_with_ema(model: nnx.Module, *, peak_lr: float, steps: int, warmup: int,
                    clip: float = 1.0, weight_decay: float = 1e-4):
-    """The book's usual optimiser for ``model``: AdamW with :func:`warmup_cosine` and
-    gradient clipping to global norm ``clip``; plus a copy of the model to hold
-    the moving average of its weights.  Returns ``(ema, optimizer)``."""
-    if not clip > 0:
-        raise ValueError(f"clip must be positive, got {clip}")
+    """The book's usual optimiser for ``model``, and a copy of it for the moving average.
+
+    AdamW with the learning rate of :func:`warmup_cosine` and gradients clipped to
+    global norm ``clip``.  For a chapter's digit U-Net::
+
+        model = nets.unet_from_recipe(cfg, seed=0)
+        ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr,
+                                              steps=cfg.steps, warmup=cfg.warmup)
+
+    Args:
+      model: the NNX model to train.
+      peak_lr, steps, warmup: the learning-rate schedule, as in :func:`warmup_cosine`.
+      clip: the largest global norm of the gradients, > 0.
+      weight_decay: AdamW's decoupled weight decay, >= 0.
+
+    Returns:
+      ``(ema, optimizer)``: a copy of ``model`` (pass it to :func:`fit` as ``ema``)
+      and an ``nnx.Optimizer`` over ``model``'s ``nnx.Param`` variables.
+
+    Raises:
+      TypeError, ValueError: for an argument outside those ranges (named in the message).
+    """
+    clip = checks.finite_number(clip, "clip", minimum=0, strictly=True)
+    weight_decay = checks.finite_number(weight_decay, "weight_decay", minimum=0)
     tx = optax.chain(optax.clip_by_global_norm(clip),
                      optax.adamw(warmup_cosine(peak_lr, steps, warmup), weight_decay=weight_decay))
     return nnx.clone(model), nnx.Optimizer(model, tx, wrt=nnx.Param)
-
-
-def setup_unet(cfg, *, in_channels: int = 1, seed: int = 0):
-    """A :class:`diffbook.nets.UNet` of widths ``cfg["channels"]`` with its EMA copy and
-    :func:`adamw_with_ema` optimiser from ``cfg``'s ``peak_lr``, ``steps`` and ``warmup``.
-    Returns ``(model, ema, optimizer)``."""
-    from .nets import UNet
-
-    model = UNet(in_channels, cfg["channels"], rngs=nnx.Rngs(seed))
-    ema, optimizer = adamw_with_ema(model, peak_lr=cfg["peak_lr"], steps=cfg["steps"],
-                                    warmup=cfg["warmup"])
-    return model, ema, optimizer
 
 
 def progress_enabled() -> bool:
@@ -135,9 +163,11 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         every ``checkpoint_every`` steps and at the end, and *resume* from the
         latest checkpoint found there.  Batches and loss keys are derived from
         ``key`` and the step number, so a resumed run ends exactly where an
-        uninterrupted one would.
-      checkpoint_dir: (see above) :func:`diffbook.config.checkpoint_dir` gives the
-        folder a chapter uses when ``DIFFBOOK_CHECKPOINTS`` is set.
+        uninterrupted one would.  :func:`diffbook.checkpoint.restore_training`
+        loads the trained model (and EMA) from this folder without training;
+        :func:`diffbook.config.checkpoint_dir` gives the folder a chapter uses when
+        ``DIFFBOOK_CHECKPOINTS`` is set.
+      checkpoint_every: save every this many steps (with ``checkpoint_dir``).
       stop_after: return after this many steps of this call (the run is then
         unfinished; call again with the same ``checkpoint_dir`` to go on). For
         sessions with a time limit, such as Colab.
@@ -148,17 +178,14 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
     Raises:
       FloatingPointError: the loss became NaN or infinite (with the step).
     """
-    if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(check_every, (int, np.integer)) or check_every < 1:
-        raise ValueError(f"check_every must be a positive int, got {check_every!r}")
-    if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
-    if stop_after is not None and (not isinstance(stop_after, (int, np.integer)) or stop_after < 1):
-        raise ValueError(f"stop_after must be a positive int or None, got {stop_after!r}")
+    steps = checks.positive_int(steps, "steps")
+    check_every = checks.positive_int(check_every, "check_every")
+    checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every")
+    stop_after = checks.positive_int(stop_after, "stop_after", allow_none=True)
     if stop_after is not None and checkpoint_dir is None:
         raise ValueError("stop_after needs a checkpoint_dir to resume from")
-    if not 0.0 <= ema_decay < 1.0:
+    ema_decay = checks.finite_number(ema_decay, "ema_decay", minimum=0.0)
+    if ema_decay >= 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     leaves = jax.tree.leaves(data)
     if not leaves or any(leaf.shape[0] != leaves[0].shape[0] for leaf in leaves):
@@ -204,15 +231,16 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         bar = tqdm(total=steps, desc=desc, leave=False)
     keys = jax.random.split(key, steps)
     losses, pending = [], []
-    start, manager = 0, None
+    start, run = 0, None
     if checkpoint_dir is not None:
-        manager = _checkpoint_manager(checkpoint_dir)
-        start = manager.latest_step() or 0
+        run = TrainingCheckpoints(checkpoint_dir)
+        start = run.latest_step()
         if start > steps:
             raise ValueError(f"the checkpoint in {checkpoint_dir} is at step {start}, "
                              f"past steps={steps}")
         if start:
-            state, done = _restore(manager, start, state, mesh)
+            state, done = run.restore(start, state)
+            state = replicate(state, mesh)
             losses.append(done)
             if bar is not None:
                 bar.update(start)
@@ -241,14 +269,13 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         for i in range(start, end):
             state, loss = compiled(state, keys[i], np.int32(i))
             pending.append(loss)
-            save = manager is not None and ((i + 1) % checkpoint_every == 0 or i == end - 1)
+            save = run is not None and ((i + 1) % checkpoint_every == 0 or i == end - 1)
             if len(pending) == check_every or i == end - 1 or save:
                 check(i + 1)
             if save:
-                manager.save(i + 1, args=_ocp().args.StandardSave(
-                    {"state": state, "loss": np.concatenate(losses)}))
-        if manager is not None:
-            manager.wait_until_finished()
+                run.save(i + 1, state, np.concatenate(losses))
+        if run is not None:
+            run.wait()
     finally:
         if bar is not None:
             bar.close()
@@ -259,25 +286,3 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
     return History(loss=np.concatenate(losses), compile_s=compile_s, train_s=train_s,
                    steps=int(end), batch_size=batch_size, devices=mesh.devices.size)
 
-
-def _ocp():
-    import orbax.checkpoint as ocp
-
-    return ocp
-
-
-def _checkpoint_manager(directory):
-    from pathlib import Path
-
-    ocp = _ocp()
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
-
-
-def _restore(manager, step, state, mesh):
-    """The training state and the losses saved at ``step``, placed on ``mesh``."""
-    ocp = _ocp()
-    abstract = {"state": jax.tree.map(ocp.utils.to_shape_dtype_struct, state),
-                "loss": jax.ShapeDtypeStruct((step,), np.float32)}
-    restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return replicate(restored["state"], mesh), np.asarray(restored["loss"])
