@@ -222,8 +222,13 @@ _SYMBOLS = {
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
+# The public helpers of diffbook.checks, which a library module may import by name.
+_CHECK_HELPERS = ("positive_int", "finite_number", "one_of")
+
+
 def _is_check_call(node) -> bool:
-    """A call of ``checks.anything(...)`` or of a function named ``check*``/``_check*``."""
+    """A call of ``checks.anything(...)``, of a helper of ``diffbook.checks`` imported by
+    name, or of a function named ``check*``/``_check*``."""
     if not isinstance(node, ast.Call):
         return False
     func = node.func
@@ -231,7 +236,7 @@ def _is_check_call(node) -> bool:
             and func.value.id == "checks":
         return True
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    return name.startswith(("check", "_check"))
+    return name.startswith(("check", "_check")) or name in _CHECK_HELPERS
 
 
 def _is_validation(stmt) -> bool:

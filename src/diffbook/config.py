@@ -11,11 +11,22 @@ import os
 
 import jax
 
+from . import checks
+
+#: The two configurations every chapter's recipe holds.
 CHOICES = ("cpu", "accelerator")
 
 
 class Config(dict):
-    """A dict whose keys also read as attributes, plus the ``name`` of the choice."""
+    """A dict whose keys also read as attributes, plus the ``name`` of the choice.
+
+    ``cfg.steps`` is ``cfg["steps"]``; a missing setting raises ``AttributeError``
+    (or ``KeyError`` with ``[]``), naming the configuration.
+
+    Args:
+      name: which configuration this is, ``"cpu"`` or ``"accelerator"``.
+      values: the settings, name -> value.
+    """
 
     def __init__(self, name: str, values: dict):
         super().__init__(values)
@@ -27,8 +38,18 @@ class Config(dict):
         except KeyError:
             raise AttributeError(f"config {self.name!r} has no setting {key!r}") from None
 
-    def replace(self, **changes) -> "Config":
-        """A copy with some settings changed; unknown names are an error."""
+    def replace(self, **changes) -> Config:
+        """A copy with some settings changed, e.g. ``cfg.replace(steps=100)``.
+
+        Args:
+          **changes: new values of existing settings.
+
+        Returns:
+          A new :class:`Config` with the same ``name``; this one is unchanged.
+
+        Raises:
+          KeyError: if a name in ``changes`` is not one of the settings.
+        """
         unknown = set(changes) - set(self)
         if unknown:
             raise KeyError(f"config {self.name!r} has no settings {sorted(unknown)}")
@@ -36,7 +57,11 @@ class Config(dict):
 
 
 def default_choice() -> str:
-    """``"accelerator"`` when JAX's default backend is a GPU or TPU, else ``"cpu"``."""
+    """The configuration that suits the machine JAX runs on.
+
+    Returns:
+      ``"accelerator"`` when JAX's default backend is a GPU or TPU, else ``"cpu"``.
+    """
     return "cpu" if jax.default_backend() == "cpu" else "accelerator"
 
 
@@ -66,8 +91,7 @@ def pick(recipe: dict, choice: str | None = None) -> Config:
         raise ValueError(f"recipe's cpu and accelerator configs need the same keys; "
                          f"differing: {sorted(set(cpu) ^ set(accelerator))}")
     choice = choice or os.environ.get("DIFFBOOK_CONFIG") or default_choice()
-    if choice not in CHOICES:
-        raise ValueError(f"choice must be one of {CHOICES}, got {choice!r}")
+    checks.one_of(choice, "choice", CHOICES)
     return Config(choice, recipe[choice])
 
 
@@ -130,6 +154,18 @@ def checkpoint_dir(run: str, config: Config):
     again, resumes from what is there (a finished run is loaded, not retrained).
     That is how a teacher pre-trains the chapters once and hands the folder to a
     class.  Unset (the default, and in the tests), nothing is saved.
+
+    Args:
+      run: the run's name, e.g. ``"ddpm"``; no ``/``.
+      config: the chosen configuration (from :func:`pick`); its ``name`` is part of
+        the folder's name, so the two configurations never share checkpoints.
+
+    Returns:
+      A :class:`pathlib.Path` (not created here), or ``None`` when
+      ``DIFFBOOK_CHECKPOINTS`` is unset or empty.
+
+    Raises:
+      ValueError: if ``run`` is not a non-empty string without ``/``.
     """
     if not isinstance(run, str) or not run or "/" in run:
         raise ValueError(f"run must be a non-empty name without '/', got {run!r}")

@@ -10,12 +10,16 @@ import functools
 
 import numpy as np
 
+from . import checks
+
+#: Shape ``(H, W, C)`` of one digit image.
 DIGIT_SHAPE = (8, 8, 1)
 
 #: Share of each digit class kept out of training, to judge samples against.
 HELD_OUT_FRACTION = 1 / 3
 #: Seed of the one train/held-out split every chapter uses.
 SPLIT_SEED = 0
+#: The parts of the fixed split that :func:`load_digits` can return.
 SPLITS = ("all", "train", "held_out")
 
 
@@ -69,11 +73,10 @@ def split_indices(split: str = "train", digit: int | None = None) -> np.ndarray:
       ``int64`` array of shape ``(N,)``, increasing.
 
     Raises:
-      ValueError: ``split`` is not one of :data:`SPLITS`, or ``digit`` is outside 0..9.
-      TypeError: ``digit`` is not an int.
+      ValueError: if ``split`` is not one of :data:`SPLITS`, or ``digit`` is outside 0..9.
+      TypeError: if ``digit`` is not an int (``bool`` included).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    checks.one_of(split, "split", SPLITS)
     _, labels = _sklearn_digits()
     keep = np.ones(len(labels), bool)
     if split != "all":
@@ -96,7 +99,8 @@ def load_digits(digit: int | None = None, *, split: str = "all") -> tuple[np.nda
       ``labels`` of shape ``(N,)``, ``int32``. Both are fresh copies.
 
     Raises:
-      ValueError, TypeError: as :func:`split_indices`.
+      ValueError: if ``split`` or ``digit`` is out of range (see :func:`split_indices`).
+      TypeError: if ``digit`` is not an int.
     """
     images, labels = _sklearn_digits()
     idx = split_indices(split, digit)
@@ -107,10 +111,23 @@ def check_images(images, *, name: str = "images", shape=None, low: float = -1.0,
                  high: float = 1.0, tol: float = 1e-3) -> np.ndarray:
     """Validate a batch of images and return it as a float32 NumPy array.
 
-    Raises ``TypeError`` for a non-numeric array and ``ValueError`` for a wrong
-    rank, a wrong per-image ``shape``, non-finite values, or values outside
-    ``[low, high]`` (with a small tolerance ``tol``). ``name`` is the argument
-    name used in the messages.
+    Args:
+      images: array-like of shape ``(N, H, W, C)``, ``N >= 1``, integer or float.
+      name: the argument's name, used in the error messages.
+      shape: if given, the required per-image shape ``(H, W, C)``, e.g.
+        :data:`DIGIT_SHAPE`.
+      low: the smallest allowed pixel value.
+      high: the largest allowed pixel value.
+      tol: how far outside ``[low, high]`` a value may lie (rounding of samples).
+
+    Returns:
+      ``images`` as a ``float32`` array of shape ``(N, H, W, C)`` (a copy; values
+      unchanged, not clipped).
+
+    Raises:
+      TypeError: if ``images`` is not numeric.
+      ValueError: if it is not 4-D, has the wrong per-image ``shape``, is empty,
+        holds NaN or infinite values, or values outside ``[low - tol, high + tol]``.
     """
     arr = np.asarray(images)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
@@ -127,5 +144,6 @@ def check_images(images, *, name: str = "images", shape=None, low: float = -1.0,
     lo, hi = float(arr.min()), float(arr.max())
     if lo < low - tol or hi > high + tol:
         raise ValueError(
-            f"{name} must lie in [{low}, {high}] (clip samples first), got values in [{lo:.3g}, {hi:.3g}]")
+            f"{name} must lie in [{low}, {high}] (clip samples first), "
+            f"got values in [{lo:.3g}, {hi:.3g}]")
     return arr

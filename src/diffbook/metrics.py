@@ -45,9 +45,11 @@ import functools
 import numpy as np
 from scipy import linalg
 
+from . import checks
 from .checks import positive_int
 from .data import DIGIT_SHAPE, _check_digit, check_images, load_digits
 
+#: Dimension of the Fréchet distance's feature space (principal components).
 FEATURE_DIM = 20
 #: A sample is a copy when it is closer to a training image than this share of
 #: held-out images are.
@@ -73,7 +75,17 @@ def _pca():
 
 
 def class_histogram(classes) -> np.ndarray:
-    """Fraction of each class 0-9 among ``classes`` (ints), shape ``(10,)``."""
+    """Fraction of each class 0-9 among ``classes``.
+
+    Args:
+      classes: predicted or true classes, ints in 0..9, shape ``(N,)``.
+
+    Returns:
+      Fractions of shape ``(10,)``, summing to 1.
+
+    Raises:
+      ValueError: if ``classes`` is not a non-empty 1-D array.
+    """
     classes = np.asarray(classes)
     if classes.ndim != 1 or classes.size == 0:
         raise ValueError(f"classes must be a non-empty 1-D array, got shape {classes.shape}")
@@ -81,10 +93,22 @@ def class_histogram(classes) -> np.ndarray:
 
 
 def total_variation(p, q) -> float:
-    """Total-variation distance ``0.5 * sum |p - q|`` between two histograms (0 to 1)."""
+    """Total-variation distance ``0.5 * sum |p - q|`` between two histograms.
+
+    Args:
+      p: a histogram (fractions summing to 1), shape ``(K,)``.
+      q: another, shape ``(K,)``.
+
+    Returns:
+      A float in ``[0, 1]``.
+
+    Raises:
+      ValueError: if ``p`` and ``q`` are not 1-D of the same length.
+    """
     p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
     if p.shape != q.shape or p.ndim != 1:
-        raise ValueError(f"p and q must be 1-D histograms of the same length, got {p.shape} and {q.shape}")
+        raise ValueError(f"p and q must be 1-D histograms of the same length, "
+                         f"got {p.shape} and {q.shape}")
     return float(0.5 * np.abs(p - q).sum())
 
 
@@ -94,13 +118,41 @@ def _pixels01(images: np.ndarray) -> np.ndarray:
 
 
 def classify_digits(images) -> np.ndarray:
-    """Predicted class (0-9) of each image, shape ``(N,)``; images in ``[-1, 1]``."""
+    """The independent classifier's digit for each image.
+
+    An RBF support-vector machine fitted once, on the training split only.
+
+    Args:
+      images: ``(N, 8, 8, 1)`` in ``[-1, 1]``.
+
+    Returns:
+      Predicted classes 0-9, ``int32`` of shape ``(N,)``.
+
+    Raises:
+      TypeError: if ``images`` is not numeric.
+      ValueError: if ``images`` has the wrong shape or range (see
+        :func:`diffbook.data.check_images`).
+    """
     images = check_images(images, shape=DIGIT_SHAPE)
     return _classifier().predict(_pixels01(images)).astype(np.int32)
 
 
 def digit_features(images) -> np.ndarray:
-    """The fixed feature space of the Fréchet distance: ``(N, 20)``."""
+    """The fixed feature space of the Fréchet distance.
+
+    The first :data:`FEATURE_DIM` principal components of the training images,
+    scaled to the book's ``[-1, 1]`` pixel units.
+
+    Args:
+      images: ``(N, 8, 8, 1)`` in ``[-1, 1]``.
+
+    Returns:
+      Features of shape ``(N, 20)``, float64.
+
+    Raises:
+      TypeError: if ``images`` is not numeric.
+      ValueError: if ``images`` has the wrong shape or range.
+    """
     images = check_images(images, shape=DIGIT_SHAPE)
     # x2: report distances in the book's [-1, 1] pixel units.
     return 2.0 * _pca().transform(_pixels01(images))
@@ -128,7 +180,8 @@ def frechet_distance(feats_a, feats_b) -> float:
         if x.ndim != 2 or x.shape[0] < 2:
             raise ValueError(f"{name} must have shape (N >= 2, D), got {x.shape}")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feats_a and feats_b need the same width, got {a.shape[1]} and {b.shape[1]}")
+        raise ValueError(f"feats_a and feats_b need the same width, "
+                         f"got {a.shape[1]} and {b.shape[1]}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = linalg.sqrtm(cov_a @ cov_b)
@@ -193,14 +246,15 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
       (predicted-class fractions of all samples) for ``digit=None``.
 
     Raises:
-      ValueError: bad ``samples`` (shape, range, too few), ``digit`` or ``repeats``.
-      TypeError: ``digit`` is not an int or None.
+      ValueError: if ``samples`` has the wrong shape or range or too few images,
+        ``digit`` is outside 0..9, or ``repeats < 1``.
+      TypeError: if ``samples`` is not numeric, ``digit`` is not an int or None, or
+        ``repeats`` is not an int.
     """
     if digit is not None:
         digit = _check_digit(digit)
     samples = check_images(samples, name="samples", shape=DIGIT_SHAPE)
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}")
+    repeats = checks.positive_int(repeats, "repeats")
     train, train_labels = load_digits(digit, split="train")
     held, held_labels = load_digits(digit, split="held_out")
     n = len(held)
@@ -251,23 +305,32 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
 
 
 def format_quality(q: dict) -> str:
-    """A short table of :func:`digit_quality` figures, each beside its two references,
-    rounded so that reruns print the same.
+    """A short table of :func:`digit_quality` figures, each beside its two references.
 
-    Read it row by row against the middle column: a good model scores like real
-    unseen images there, and far from the replayed training images on the
-    first two rows.
+    Figures are rounded so that reruns print the same.  Read it row by row against
+    the middle column: a good model scores like real unseen images there, and far
+    from the replayed training images on the first two rows.
+
+    Args:
+      q: the dict that :func:`digit_quality` returns.
+
+    Returns:
+      The table, several lines of text.
+
+    Raises:
+      KeyError: if ``q`` lacks a figure (it is not from :func:`digit_quality`).
     """
+    def row(label, key, fmt):
+        return (label, *(format(q[k], fmt) for k in (key, f"{key}_gen", f"{key}_mem")))
+
     if q.get("digit") is None:
-        first = ("class imbalance (TV distance)", *(f"{q[k]:.3f}" for k in
-                                                    ("class_tv", "class_tv_gen", "class_tv_mem")))
+        first = row("class imbalance (TV distance)", "class_tv", ".3f")
     else:
-        first = (f"recognised as a {q['digit']}", *(f"{q[k]:.1%}" for k in
-                                                    ("recognised", "recognised_gen", "recognised_mem")))
+        first = row(f"recognised as a {q['digit']}", "recognised", ".1%")
     rows = [
-        ("nearest-training-image ratio", *(f"{q[k]:.2f}" for k in ("nn_ratio", "nn_ratio_gen", "nn_ratio_mem"))),
-        ("copies of training images", *(f"{q[k]:.1%}" for k in ("copies", "copies_gen", "copies_mem"))),
-        ("Fréchet distance² (PCA-20)", *(f"{q[k]:.2f}" for k in ("fd", "fd_gen", "fd_mem"))),
+        row("nearest-training-image ratio", "nn_ratio", ".2f"),
+        row("copies of training images", "copies", ".1%"),
+        row("Fréchet distance² (PCA-20)", "fd", ".2f"),
         first,
     ]
     width = max(len(r[0]) for r in rows)

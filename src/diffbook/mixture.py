@@ -20,14 +20,27 @@ from flax import nnx
 from jax.scipy.special import logsumexp
 from jax.scipy.stats import norm
 
-from . import samplers
+from . import checks, samplers
 from .nets import TimeEmbedding
 from .schedules import NoiseSchedule
 
 
 @dataclass(frozen=True)
 class GaussianMixture1D:
-    """``sum_k weights[k] * N(means[k], stds[k]^2)`` on the real line."""
+    """``sum_k weights[k] * N(means[k], stds[k]^2)`` on the real line.
+
+    Frozen (hashable); the three sequences are stored as tuples of floats.
+
+    Args:
+      weights: component weights, ``K`` positive numbers summing to 1.
+      means: component means, ``K`` finite numbers.
+      stds: component standard deviations, ``K`` positive numbers.
+
+    Raises:
+      ValueError: if the three are not 1-D of one common length ``K >= 1``, a weight
+        is not positive or they do not sum to 1, a std is not positive, or a mean is
+        not finite.
+    """
 
     weights: tuple
     means: tuple
@@ -46,15 +59,30 @@ class GaussianMixture1D:
 
     @property
     def mean(self) -> float:
+        """The mixture's mean, ``sum_k w_k m_k``."""
         return float(np.dot(self.weights, self.means))
 
     @property
     def std(self) -> float:
+        """The mixture's standard deviation (all components together)."""
         w, m, s = map(np.asarray, (self.weights, self.means, self.stds))
         return float(np.sqrt(np.dot(w, s**2 + m**2) - self.mean**2))
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
-        """``n`` exact draws, shape ``(n,)``."""
+        """``n`` exact draws.
+
+        Args:
+          key: PRNG key.
+          n: number of draws.
+
+        Returns:
+          Draws of shape ``(n,)``, float32.
+
+        Raises:
+          TypeError: if ``n`` is not an int.
+          ValueError: if ``n < 1``.
+        """
+        n = checks.positive_int(n, "n")
         k_comp, k_noise = jax.random.split(key)
         comp = jax.random.choice(k_comp, len(self.weights), (n,), p=jnp.asarray(self.weights))
         z = jax.random.normal(k_noise, (n,))
@@ -66,34 +94,86 @@ class GaussianMixture1D:
                                                                   jnp.asarray(self.stds))
 
     def log_prob(self, x) -> jax.Array:
-        """Log-density at ``x`` (any shape)."""
+        """Log-density.
+
+        Args:
+          x: points, any shape.
+
+        Returns:
+          ``log p(x)``, the shape of ``x``.
+        """
         return logsumexp(self._component_logpdf(x), axis=-1)
 
     def score(self, x) -> jax.Array:
-        """``d/dx log p(x)``, by automatic differentiation of :meth:`log_prob`."""
+        """The score ``d/dx log p(x)``, by automatic differentiation of :meth:`log_prob`.
+
+        Args:
+          x: points, any shape.
+
+        Returns:
+          The score, the shape of ``x``.
+        """
         x = jnp.asarray(x, jnp.float32)
         return jnp.vectorize(jax.grad(self.log_prob))(x)
 
     def responsibilities(self, x) -> jax.Array:
-        """``p(component k | x)``, shape ``x.shape + (K,)``."""
+        """Posterior probability of each component, ``p(component k | x)``.
+
+        Args:
+          x: points, any shape.
+
+        Returns:
+          Probabilities of shape ``x.shape + (K,)``, summing to 1 over the last axis.
+        """
         lp = self._component_logpdf(x)
         return jnp.exp(lp - logsumexp(lp, axis=-1, keepdims=True))
 
     def cdf(self, x) -> jax.Array:
+        """Cumulative distribution function.
+
+        Args:
+          x: points, any shape.
+
+        Returns:
+          ``P(X <= x)``, the shape of ``x``.
+        """
         x = jnp.asarray(x, jnp.float32)[..., None]
         return jnp.sum(jnp.asarray(self.weights) * norm.cdf(x, jnp.asarray(self.means),
                                                               jnp.asarray(self.stds)), axis=-1)
 
-    def affine(self, scale: float, shift: float) -> "GaussianMixture1D":
-        """The distribution of ``scale * x + shift``."""
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+    def affine(self, scale: float, shift: float) -> GaussianMixture1D:
+        """The distribution of ``scale * x + shift``.
+
+        Args:
+          scale: a positive factor.
+          shift: an offset.
+
+        Returns:
+          A new :class:`GaussianMixture1D` with the same weights.
+
+        Raises:
+          TypeError: if ``scale`` or ``shift`` is not a number.
+          ValueError: if ``scale <= 0`` or either is not finite.
+        """
+        scale = checks.finite_number(scale, "scale", minimum=0.0, strictly=True)
+        shift = checks.finite_number(shift, "shift")
         return GaussianMixture1D(self.weights, tuple(scale * m + shift for m in self.means),
                                  tuple(scale * s for s in self.stds))
 
-    def noised(self, alpha_bar: float) -> "GaussianMixture1D":
-        """The law of ``sqrt(ab) x0 + sqrt(1 - ab) eps``: each component's mean shrinks
-        and its variance moves towards 1 (the forward process, exactly)."""
+    def noised(self, alpha_bar: float) -> GaussianMixture1D:
+        """The law of ``sqrt(ab) x0 + sqrt(1 - ab) eps``, the forward process exactly.
+
+        Each component's mean shrinks by ``sqrt(ab)`` and its variance moves towards 1.
+
+        Args:
+          alpha_bar: the noise level ``ab`` in ``(0, 1]`` (1: no noise).
+
+        Returns:
+          A new :class:`GaussianMixture1D` with the same weights.
+
+        Raises:
+          ValueError: if ``alpha_bar`` is not in ``(0, 1]``.
+        """
         ab = float(alpha_bar)
         if not 0.0 < ab <= 1.0:
             raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar}")
@@ -101,10 +181,21 @@ class GaussianMixture1D:
                                  tuple(np.sqrt(ab * s**2 + 1.0 - ab) for s in self.stds))
 
     def noised_score(self, x, alpha_bar) -> jax.Array:
-        """The exact score of :meth:`noised` at ``x``, for array (even traced) ``alpha_bar``
-        broadcastable against ``x``.  ``-sqrt(1 - alpha_bar)`` times it is the ideal
-        noise prediction: an oracle "network" for testing samplers."""
-        x, ab = jnp.asarray(x, jnp.float32)[..., None], jnp.asarray(alpha_bar, jnp.float32)[..., None]
+        """The exact score of :meth:`noised` at ``x``, for an array ``alpha_bar``.
+
+        Unlike :meth:`noised`, ``alpha_bar`` may be a traced array, so this runs inside
+        ``jax.jit``.  ``-sqrt(1 - alpha_bar)`` times it is the ideal noise prediction:
+        an oracle "network" for testing samplers.
+
+        Args:
+          x: points, any shape.
+          alpha_bar: noise levels in ``(0, 1]``, broadcastable against ``x``.
+
+        Returns:
+          The score of the noised law, the broadcast shape of ``x`` and ``alpha_bar``.
+        """
+        x = jnp.asarray(x, jnp.float32)[..., None]
+        ab = jnp.asarray(alpha_bar, jnp.float32)[..., None]
         m = jnp.sqrt(ab) * jnp.asarray(self.means)
         var = ab * jnp.asarray(self.stds) ** 2 + 1.0 - ab
         logp = jnp.log(jnp.asarray(self.weights)) + norm.logpdf(x, m, jnp.sqrt(var))
@@ -112,7 +203,7 @@ class GaussianMixture1D:
         return jnp.sum(resp * (m - x) / var, axis=-1)
 
 
-#: The chapter's mixture.
+#: The chapter's mixture, with weights (0.3, 0.1, 0.6), means (-5, 0, 6) and stds (1, 0.5, 2).
 MIXTURE = GaussianMixture1D(weights=(0.3, 0.1, 0.6), means=(-5.0, 0.0, 6.0), stds=(1.0, 0.5, 2.0))
 
 
@@ -131,17 +222,44 @@ def mode_weights(mixture: GaussianMixture1D, samples) -> np.ndarray:
 
     For exact draws its expectation is exactly ``mixture.weights`` (soft
     assignment has no bias where components overlap, unlike nearest-mode counts).
+
+    Args:
+      mixture: the true distribution.
+      samples: draws, any shape (flattened), at least 2 values.
+
+    Returns:
+      Shares of shape ``(K,)``, float64, summing to 1.
+
+    Raises:
+      ValueError: if there are fewer than 2 samples or any is NaN or infinite.
     """
     x = _as_samples(samples)
     return np.asarray(mixture.responsibilities(x).mean(axis=0), np.float64)
 
 
 def wasserstein1(mixture: GaussianMixture1D, samples, *, grid_points: int = 40_001) -> float:
-    """W1 between the empirical law of ``samples`` and ``mixture``: the area between
-    their CDFs, integrated on a fine grid."""
+    """Wasserstein-1 distance between the empirical law of ``samples`` and ``mixture``.
+
+    In one dimension it is the area between the two CDFs, integrated here with the
+    trapezoid rule on a fine grid that covers the samples and 8 standard deviations
+    around every component.
+
+    Args:
+      mixture: the true distribution.
+      samples: draws, any shape (flattened), at least 2 values.
+      grid_points: points of the integration grid.
+
+    Returns:
+      W1 in data units, a float ``>= 0``.
+
+    Raises:
+      ValueError: if there are fewer than 2 samples or any is NaN or infinite.
+    """
     x = np.sort(_as_samples(samples))
-    lo = min(x[0], min(m - 8 * s for m, s in zip(mixture.means, mixture.stds)))
-    hi = max(x[-1], max(m + 8 * s for m, s in zip(mixture.means, mixture.stds)))
+    grid_points = checks.positive_int(grid_points, "grid_points", minimum=2)
+    pairs = list(zip(mixture.means, mixture.stds, strict=True))
+    lo = min(x[0], min(m - 8 * s for m, s in pairs))
+    hi = max(x[-1], max(m + 8 * s for m, s in pairs))
     grid = np.linspace(lo, hi, grid_points)
     empirical = np.searchsorted(x, grid, side="right") / x.size
     exact = np.asarray(mixture.cdf(grid), np.float64)
@@ -150,13 +268,43 @@ def wasserstein1(mixture: GaussianMixture1D, samples, *, grid_points: int = 40_0
 
 
 def w1_reference(mixture: GaussianMixture1D, n: int, *, repeats: int = 20, seed: int = 0) -> float:
-    """The mean W1 of ``n`` exact draws: what sampling noise alone costs at that size."""
+    """The mean W1 of ``n`` exact draws: what sampling noise alone costs at that size.
+
+    Args:
+      mixture: the true distribution.
+      n: sample size.
+      repeats: independent sets of ``n`` draws to average over.
+      seed: seed of the draws.
+
+    Returns:
+      The mean :func:`wasserstein1` of the ``repeats`` sets, a float.
+
+    Raises:
+      TypeError: if ``n`` or ``repeats`` is not an int.
+      ValueError: if ``n < 2`` or ``repeats < 1``.
+    """
+    n = checks.positive_int(n, "n", minimum=2)
+    repeats = checks.positive_int(repeats, "repeats")
     keys = jax.random.split(jax.random.key(seed), repeats)
     return float(np.mean([wasserstein1(mixture, mixture.sample(k, n)) for k in keys]))
 
 
 def quality(mixture: GaussianMixture1D, samples) -> dict:
-    """Mode weights, their largest error, W1 and its sampling-noise reference."""
+    """Mode weights, their largest error, W1 and its sampling-noise reference.
+
+    Args:
+      mixture: the true distribution.
+      samples: draws, any shape (flattened), at least 2 values.
+
+    Returns:
+      dict with ``n_samples``; ``mode_weights`` (list of ``K`` shares, see
+      :func:`mode_weights`); ``weight_error`` (largest absolute error of a share);
+      ``w1`` (:func:`wasserstein1`), ``w1_ref`` (:func:`w1_reference` at the same
+      size) and ``w1_ratio`` (``w1 / w1_ref``; about 1 for exact draws).
+
+    Raises:
+      ValueError: if there are fewer than 2 samples or any is NaN or infinite.
+    """
     x = _as_samples(samples)
     weights = mode_weights(mixture, x)
     w1 = wasserstein1(mixture, x)
@@ -186,16 +334,30 @@ class _Block(nnx.Module):
 class MixtureMLP(nnx.Module):
     """A small residual MLP ``(x, u) -> output`` for 1-D data.
 
-    ``x`` has shape ``(B, 1)`` and ``u`` (the time ``t / T``) shape ``(B,)``.
-    ``norm`` picks the normalisation inside the blocks ("layer", "batch" or
-    "none"); ``time_embedding=False`` feeds ``u`` as a plain number instead of
-    sinusoidal features (both are there to try the naive recipe's choices).
+    ``x`` has shape ``(B, 1)`` and ``u`` (the time ``t / T``) shape ``(B,)``; the
+    output has shape ``(B, 1)``.  ``norm`` and ``time_embedding`` are there to try
+    the naive recipe's choices.
+
+    Args:
+      width: width of the hidden layers.
+      depth: number of residual blocks.
+      emb_dim: size of the time embedding.
+      norm: normalisation inside the blocks: ``"layer"``, ``"batch"`` or ``"none"``.
+      time_embedding: sinusoidal features of ``u``; ``False`` feeds ``u`` as a
+        plain number through a linear layer instead.
+      rngs: Flax's random streams for the initial weights.
+
+    Raises:
+      TypeError: if ``width``, ``depth`` or ``emb_dim`` is not an int.
+      ValueError: if one of them is below 1, or ``norm`` is not one of the three.
     """
 
     def __init__(self, width: int = 128, depth: int = 3, emb_dim: int = 32, *,
                  norm: str = "none", time_embedding: bool = True, rngs: nnx.Rngs):
-        if norm not in ("layer", "batch", "none"):
-            raise ValueError(f"norm must be 'layer', 'batch' or 'none', got {norm!r}")
+        width = checks.positive_int(width, "width")
+        depth = checks.positive_int(depth, "depth")
+        emb_dim = checks.positive_int(emb_dim, "emb_dim")
+        checks.one_of(norm, "norm", ("layer", "batch", "none"))
         self.time = TimeEmbedding(emb_dim, rngs=rngs) if time_embedding else None
         self.time_in = None if time_embedding else nnx.Linear(1, emb_dim, rngs=rngs)
         self.inp = nnx.Linear(1, width, rngs=rngs)
@@ -203,6 +365,18 @@ class MixtureMLP(nnx.Module):
         self.out = nnx.Linear(width, 1, rngs=rngs)
 
     def __call__(self, x: jax.Array, u: jax.Array) -> jax.Array:
+        """The network's output.
+
+        Args:
+          x: points ``(B, 1)``.
+          u: times ``t / T`` in ``[0, 1]``, shape ``(B,)``.
+
+        Returns:
+          Output ``(B, 1)`` (a v-prediction in the chapter's recipe).
+
+        Raises:
+          ValueError: if ``x`` is not of shape ``(B, 1)``.
+        """
         if x.ndim != 2 or x.shape[1] != 1:
             raise ValueError(f"x must have shape (batch, 1), got {x.shape}")
         emb = self.time(u) if self.time is not None else nnx.silu(self.time_in(u[:, None]))
@@ -227,13 +401,27 @@ RECIPE = {
 
 
 def standardise(x) -> jax.Array:
-    """Data units -> the unit-variance coordinates the model works in, shape ``(N, 1)``."""
+    """Data units -> the unit-variance coordinates the model works in.
+
+    Args:
+      x: points in data units, any shape (flattened).
+
+    Returns:
+      ``(x - MIXTURE.mean) / MIXTURE.std`` of shape ``(N, 1)``, float32.
+    """
     x = jnp.asarray(x, jnp.float32).reshape(-1, 1)
     return (x - MIXTURE.mean) / MIXTURE.std
 
 
 def unstandardise(z) -> np.ndarray:
-    """The model's coordinates -> data units, as a flat float32 array."""
+    """The model's coordinates -> data units; the inverse of :func:`standardise`.
+
+    Args:
+      z: points in standardised coordinates, any shape (flattened).
+
+    Returns:
+      Points in data units, float32 of shape ``(N,)``.
+    """
     return np.asarray(z, np.float32).reshape(-1) * MIXTURE.std + MIXTURE.mean
 
 
@@ -249,6 +437,19 @@ def oracle_net(schedule: NoiseSchedule, mix: GaussianMixture1D = STANDARD):
     the ideal noise prediction is ``eps = -sqrt(1 - ab) * score`` and, with
     ``x0 = (z - sqrt(1 - ab) eps) / sqrt(ab)``, ``v = sqrt(ab) eps - sqrt(1 - ab) x0``.
     A sampler run with it shows its own error, free of the network's.
+
+    Args:
+      schedule: the noise schedule whose ``alpha_bar_at(u)`` gives the noise level.
+      mix: the data distribution, in the model's coordinates (default
+        :data:`STANDARD`).
+
+    Returns:
+      ``net(z, u)``: ``z`` of shape ``(n, 1)`` and ``u`` of shape ``(n,)`` ->
+      v of shape ``(n, 1)``; it raises ``ValueError`` for a ``z`` of another shape.
+
+    Raises:
+      TypeError: if ``schedule`` is not a :class:`~diffbook.schedules.NoiseSchedule`
+        or ``mix`` not a :class:`GaussianMixture1D`.
     """
     if not isinstance(schedule, NoiseSchedule):
         raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")

@@ -5,19 +5,36 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from . import checks
+
 
 def image_grid(images, *, ncols: int = 8, title: str | None = None, size: float = 0.6,
                row_labels=None, col_labels=None, ax=None):
-    """Show images ``(N, H, W, C)`` in ``[-1, 1]`` as a grid; returns the figure.
+    """Show a batch of images as one grid, row by row.
 
-    Grey-scale for one channel, RGB for three.  ``size`` is inches per image.
-    ``row_labels`` and ``col_labels`` name the rows (left) and columns (top).
+    Grey-scale for one channel, RGB for three; values outside ``[-1, 1]`` are
+    clipped for display.
+
+    Args:
+      images: ``(N, H, W, C)`` with ``C`` 1 or 3, in ``[-1, 1]``.
+      ncols: images per row.
+      title: the axes' title.
+      size: inches per image.
+      row_labels: names of the rows, shown on the left.
+      col_labels: names of the columns, shown on top.
+      ax: a matplotlib ``Axes`` to draw into; default: a new figure.
+
+    Returns:
+      The matplotlib ``Figure``.
+
+    Raises:
+      TypeError: if ``ncols`` is not an int.
+      ValueError: if ``images`` is not ``(N, H, W, 1 or 3)`` or ``ncols < 1``.
     """
     images = np.asarray(images, np.float32)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must have shape (N, H, W, 1 or 3), got {images.shape}")
-    if ncols < 1:
-        raise ValueError(f"ncols must be positive, got {ncols}")
+    ncols = checks.positive_int(ncols, "ncols")
     n, h, w, c = images.shape
     nrows = -(-n // ncols)
     pad = 1
@@ -50,7 +67,17 @@ def image_grid(images, *, ncols: int = 8, title: str | None = None, size: float 
 
 
 def loss_curve(losses, *, smooth: int = 25, ax=None, label: str | None = None):
-    """Training loss per step (faint) and its running mean over ``smooth`` steps; log scale."""
+    """Training loss per step (faint) and its running mean over ``smooth`` steps, log scale.
+
+    Args:
+      losses: loss per step, shape ``(steps,)``.
+      smooth: window of the running mean; 1 or less, or more than ``steps``, draws none.
+      ax: a matplotlib ``Axes`` to draw into; default: a new figure.
+      label: legend label of the running mean.
+
+    Returns:
+      The matplotlib ``Figure``.
+    """
     losses = np.asarray(losses, np.float64)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3))
