@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass
 class BookBuild:
     returncode: int
-    log: str          # the tail of the build's stdout and stderr
-    html: Path        # the HTML output folder
+    log: str  # the tail of the build's stdout and stderr
+    html: Path  # the HTML output folder
 
 
 @pytest.fixture(scope="session")
@@ -46,18 +46,29 @@ def built_book(tmp_path_factory) -> BookBuild:
     out = shared / "book"
     record = shared / "book-build.json"
     with open(shared / "book-build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not record.exists():
-            exe = (shutil.which("jupyter-book", path=str(Path(sys.executable).parent))
-                   or shutil.which("jupyter-book"))
+            exe = shutil.which(
+                "jupyter-book", path=str(Path(sys.executable).parent)
+            ) or shutil.which("jupyter-book")
             if exe is None:
                 pytest.fail("jupyter-book is not installed: pip install -r requirements.txt")
             # --keep-going: with a warning the HTML is still written, so the browser test
             # can look at the pages even when tests/test_book.py fails on the warning.
-            result = subprocess.run([exe, "build", str(ROOT), "--path-output", str(out), "-W", "-n",
-                                     "--keep-going"], capture_output=True, text=True, timeout=900)
-            record.write_text(json.dumps({"returncode": result.returncode,
-                                          "log": result.stdout[-5000:] + result.stderr[-5000:]}))
+            result = subprocess.run(
+                [exe, "build", str(ROOT), "--path-output", str(out), "-W", "-n", "--keep-going"],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            record.write_text(
+                json.dumps(
+                    {
+                        "returncode": result.returncode,
+                        "log": result.stdout[-5000:] + result.stderr[-5000:],
+                    }
+                )
+            )
         built = json.loads(record.read_text())
     return BookBuild(built["returncode"], built["log"], out / "_build" / "html")
 
@@ -68,18 +79,21 @@ def built_book(tmp_path_factory) -> BookBuild:
 # and the ideal prediction of eps, x0 or v given x_t is known in closed form.
 # ---------------------------------------------------------------------------
 
+
 def gaussian_oracle(schedule, m: float, s: float, prediction: str = "epsilon"):
     """``model_fn(x, u)``: the exact prediction for data N(m, s^2) under ``schedule``.
 
     It reads the noise level through ``schedule.alpha_bar_at(u)``, which equals
     ``alpha_bars[t]`` at ``u = t / T``, so discrete and continuous samplers alike call it.
     """
+
     def model_fn(x, u):
         a = schedule.alpha_bar_at(u).reshape((-1,) + (1,) * (x.ndim - 1))
         d = a * s**2 + 1 - a
         eps = jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * m) / d
         x0 = m + jnp.sqrt(a) * s**2 * (x - jnp.sqrt(a) * m) / d
         return {"epsilon": eps, "x0": x0, "v": jnp.sqrt(a) * eps - jnp.sqrt(1 - a) * x0}[prediction]
+
     return model_fn
 
 
@@ -138,8 +152,9 @@ def assert_every_param_gets_a_gradient(model, loss_fn, *, jit: bool = False):
     grads = nnx.jit(grad_fn)(model) if jit else grad_fn(model)
     grads = nnx.state(grads, nnx.Param)
     flat = jax.tree_util.tree_flatten_with_path(grads)[0]
-    assert len(flat) == len(jax.tree.leaves(nnx.state(model, nnx.Param))), \
+    assert len(flat) == len(jax.tree.leaves(nnx.state(model, nnx.Param))), (
         "the gradient does not cover every parameter"
+    )
     dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g))]
     assert not dead, f"parameters without gradient: {dead}"
     return grads

@@ -12,14 +12,21 @@ from diffbook import data
 def _bench(chapter, *options, keys=()):
     """Run ``python -m diffbook.bench CHAPTER OPTIONS``; its one JSON line, checked for ``keys``."""
     # The CPU recipe everywhere, so that the test means the same on a GPU machine.
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", chapter, "--config", "cpu",
-                          *options],
-                         capture_output=True, text=True, check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "diffbook.bench", chapter, "--config", "cpu", *options],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out.stdout
     result = json.loads(lines[0])
-    missing = [key for key in ("chapter", "config", "compile_s", "train_s", "steps", *keys)
-               if key not in result]
+    missing = [
+        key
+        for key in ("chapter", "config", "compile_s", "train_s", "steps", *keys)
+        if key not in result
+    ]
     assert not missing, missing
     assert result["chapter"] == chapter and result["config"] == "cpu"
     return result
@@ -40,25 +47,56 @@ def _digit_samples(path, shape, digit):
 
 def test_flow_matching_bench_prints_json_and_saves_samples(tmp_path):
     path = tmp_path / "samples.npz"
-    result = _bench("flow_matching", "--train-steps", "20", "--num-samples", "100",
-                    "--samples", str(path),
-                    keys=("sample_s", "params", "nfe", "recognised", "recognised_gen",
-                          "recognised_mem", "fd", "fd_gen", "fd_mem", "copies", "nn_ratio"))
+    result = _bench(
+        "flow_matching",
+        "--train-steps",
+        "20",
+        "--num-samples",
+        "100",
+        "--samples",
+        str(path),
+        keys=(
+            "sample_s",
+            "params",
+            "nfe",
+            "recognised",
+            "recognised_gen",
+            "recognised_mem",
+            "fd",
+            "fd_gen",
+            "fd_mem",
+            "copies",
+            "nn_ratio",
+        ),
+    )
     # (nfe is counted against real network calls in tests/test_samplers.py.)
     assert result["steps"] == 20 and result["n_held_out"] == 59
     _digit_samples(path, (100, 8, 8, 1), 2)
 
 
 def test_bench_rejects_unknown_chapters():
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "no_such_chapter"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "diffbook.bench", "no_such_chapter"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
 def test_ddpm_bench_with_ddim(tmp_path):
     path = tmp_path / "samples.npz"
-    result = _bench("ddpm", "--train-steps", "20", "--sampler", "ddim", "--steps", "5",
-                    "--num-samples", "96", "--samples", str(path), keys=("fd_ratio",))
+    result = _bench(
+        "ddpm",
+        "--train-steps",
+        "20",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "5",
+        "--num-samples",
+        "96",
+        "--samples",
+        str(path),
+        keys=("fd_ratio",),
+    )
     assert result["sampler"] == "ddim" and result["sample_steps"] == 5 and result["nfe"] == 5
     assert result["digit"] == 2
     _digit_samples(path, (96, 8, 8, 1), 2)
@@ -66,25 +104,52 @@ def test_ddpm_bench_with_ddim(tmp_path):
 
 def test_vae_bench_prints_json_and_saves_samples(tmp_path):
     path = tmp_path / "vae_samples.npz"
-    result = _bench("vae", "--train-steps", "20", "--samples", str(path),
-                    keys=("held_out_elbo", "params", "class_tv", "class_tv_gen", "class_hist",
-                          "fd", "fd_gen", "fd_mem", "fd_ratio", "copies", "nn_ratio"))
+    result = _bench(
+        "vae",
+        "--train-steps",
+        "20",
+        "--samples",
+        str(path),
+        keys=(
+            "held_out_elbo",
+            "params",
+            "class_tv",
+            "class_tv_gen",
+            "class_hist",
+            "fd",
+            "fd_gen",
+            "fd_mem",
+            "fd_ratio",
+            "copies",
+            "nn_ratio",
+        ),
+    )
     assert result["steps"] == 20 and result["digit"] is None and result["held_out_elbo"] < 0
     _digit_samples(path, (1000, 8, 8, 1), None)
 
 
 def test_vae_bench_needs_enough_samples():
     for chapter, needed in (("vae", 599), ("ddpm", 59), ("flow_matching", 59)):
-        out = subprocess.run([sys.executable, "-m", "diffbook.bench", chapter, "--num-samples",
-                              str(needed - 1)], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "diffbook.bench", chapter, "--num-samples", str(needed - 1)],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 2 and f"at least {needed}" in out.stderr
 
 
 def test_mixture_bench_prints_json_and_saves_samples(tmp_path):
     path = tmp_path / "mixture.npy"
-    result = _bench("mixture", "--train-steps", "50", "--sampler", "ode", "--samples", str(path),
-                    keys=("sample_s", "nfe", "mode_weights", "weight_error", "w1", "w1_ref",
-                          "w1_ratio"))
+    result = _bench(
+        "mixture",
+        "--train-steps",
+        "50",
+        "--sampler",
+        "ode",
+        "--samples",
+        str(path),
+        keys=("sample_s", "nfe", "mode_weights", "weight_error", "w1", "w1_ref", "w1_ratio"),
+    )
     assert result["steps"] == 50 and result["sampler"] == "ode"
     assert len(result["mode_weights"]) == 3 and abs(sum(result["mode_weights"]) - 1) < 1e-3
     samples = np.load(path)
@@ -94,10 +159,28 @@ def test_mixture_bench_prints_json_and_saves_samples(tmp_path):
 
 def test_emoji_bench_prints_json_and_saves_samples(tmp_path):
     path = tmp_path / "emoji.npz"
-    result = _bench("emoji", "--train-steps", "4", "--num-emoji", "12", "--guidance", "2.5",
-                    "--samples", str(path),
-                    keys=("sample_s", "nfe", "resolution", "num_emoji", "top1", "top5",
-                          "distance_ratio", "top5_conditional", "top5_unconditional"))
+    result = _bench(
+        "emoji",
+        "--train-steps",
+        "4",
+        "--num-emoji",
+        "12",
+        "--guidance",
+        "2.5",
+        "--samples",
+        str(path),
+        keys=(
+            "sample_s",
+            "nfe",
+            "resolution",
+            "num_emoji",
+            "top1",
+            "top5",
+            "distance_ratio",
+            "top5_conditional",
+            "top5_unconditional",
+        ),
+    )
     assert result["num_emoji"] == 12 and result["resolution"] == 16 and result["guidance"] == 2.5
     saved = np.load(path)
     _in_range(saved["samples"], (12, 16, 16, 3))
@@ -107,17 +190,24 @@ def test_emoji_bench_prints_json_and_saves_samples(tmp_path):
 
 
 def test_emoji_bench_rejects_a_negative_guidance_scale():
-    out = subprocess.run([sys.executable, "-m", "diffbook.bench", "emoji", "--guidance", "-1"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "diffbook.bench", "emoji", "--guidance", "-1"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "--guidance" in out.stderr
 
 
 def test_bench_rejects_counts_below_their_minimum():
-    for options, name in ((("flow_matching", "--train-steps", "1"), "--train-steps"),
-                          (("mixture", "--num-samples", "0"), "--num-samples"),
-                          (("emoji", "--num-emoji", "5"), "--num-emoji"),
-                          (("vae", "--seed", "-1"), "--seed")):
-        out = subprocess.run([sys.executable, "-m", "diffbook.bench", *options],
-                             capture_output=True, text=True)
-        assert out.returncode == 2 and f"argument {name}: must be an int >=" in out.stderr, \
+    for options, name in (
+        (("flow_matching", "--train-steps", "1"), "--train-steps"),
+        (("mixture", "--num-samples", "0"), "--num-samples"),
+        (("emoji", "--num-emoji", "5"), "--num-emoji"),
+        (("vae", "--seed", "-1"), "--seed"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "diffbook.bench", *options], capture_output=True, text=True
+        )
+        assert out.returncode == 2 and f"argument {name}: must be an int >=" in out.stderr, (
             out.stderr
+        )

@@ -8,8 +8,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_chapter_pair_is_in_sync():
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "notebooks.py"), "check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "notebooks.py"), "check"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -24,5 +27,5 @@ def test_book_builds_without_warnings(built_book):
     assert built_book.returncode == 0, built_book.log
     html = built_book.html
     chapter = (html / "notebooks" / "03_flow_matching.html").read_text()
-    assert "Flow matching" in chapter and "<img" in chapter   # stored figures are rendered
+    assert "Flow matching" in chapter and "<img" in chapter  # stored figures are rendered
     assert (html / "book" / "references.html").exists()

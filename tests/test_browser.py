@@ -32,19 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # $CHROMIUM names the browser; else the first of these on PATH (Debian's package is
 # "chromium", Ubuntu's and Google's builds go by the other names).
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-PAGE_TIMEOUT = 60   # seconds for one page to load and be checked (a few seconds are typical)
+PAGE_TIMEOUT = 60  # seconds for one page to load and be checked (a few seconds are typical)
 
 # What the pages may still fetch from the internet, and why that is harmless offline.
 REMOTE_ALLOWED = {
-    "https://colab.research.google.com/assets/colab-badge.svg":
-        "the chapters' Open in Colab badge: the link it sits in needs the internet anyway, "
-        "and offline the badge shows its alt text, 'Open In Colab'",
+    "https://colab.research.google.com/assets/colab-badge.svg": "the chapters' Open in Colab badge: the link it sits in needs the internet anyway, "
+    "and offline the badge shows its alt text, 'Open In Colab'",
 }
 # Script errors the pages have that do not affect the reader.
 SCRIPT_ERRORS_ALLOWED = {
-    "Identifier 'THEBE_JS_URL' has already been declared":
-        "sphinx-thebe's configuration script is written twice into every page (online too); "
-        "the second copy only repeats the constants of the first, and live code is not enabled",
+    "Identifier 'THEBE_JS_URL' has already been declared": "sphinx-thebe's configuration script is written twice into every page (online too); "
+    "the second copy only repeats the constants of the first, and live code is not enabled",
 }
 
 
@@ -85,7 +83,7 @@ class Chromium:
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
 
-        def pipes_on_3_and_4():   # runs in the child between fork and exec
+        def pipes_on_3_and_4():  # runs in the child between fork and exec
             # Move both ends above any low descriptor first, so that the first dup2 cannot
             # overwrite the other end when os.pipe happened to return 3 or 4.
             high_r = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 100)
@@ -98,24 +96,44 @@ class Chromium:
         self.log = folder / "chromium.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [exe, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-                 f"--user-data-dir={profile}", "--no-first-run", "--no-default-browser-check",
-                 "--disable-extensions", "--disable-background-networking", "--hide-scrollbars",
-                 "--window-size=1280,1000",
-                 # Offline: every http(s) request goes to a proxy that is not there (file://
-                 # pages do not use the proxy), so a page that needs the internet fails.
-                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-                 "about:blank"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=pipes_on_3_and_4, pass_fds=(3, 4))  # pass_fds: keep 3 and 4 open
+                [
+                    exe,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--remote-debugging-pipe",
+                    f"--user-data-dir={profile}",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-extensions",
+                    "--disable-background-networking",
+                    "--hide-scrollbars",
+                    "--window-size=1280,1000",
+                    # Offline: every http(s) request goes to a proxy that is not there (file://
+                    # pages do not use the proxy), so a page that needs the internet fails.
+                    "--proxy-server=http://127.0.0.1:9",
+                    "--proxy-bypass-list=<-loopback>",
+                    "about:blank",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=pipes_on_3_and_4,
+                pass_fds=(3, 4),
+            )  # pass_fds: keep 3 and 4 open
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
         self._next_id = 0
-        self.events: list[dict] = []   # events seen since the last clear, in order
+        self.events: list[dict] = []  # events seen since the last clear, in order
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = PAGE_TIMEOUT) -> dict:
+    def send(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = PAGE_TIMEOUT,
+    ) -> dict:
         """Send one command and return its result; events read meanwhile go to self.events."""
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params or {}}
@@ -123,7 +141,7 @@ class Chromium:
             message["sessionId"] = session
         data = json.dumps(message).encode() + b"\0"
         while data:
-            data = data[os.write(self._to_browser, data):]
+            data = data[os.write(self._to_browser, data) :]
         deadline = time.monotonic() + timeout
         while True:
             reply = self._receive(deadline, method)
@@ -160,7 +178,9 @@ class Chromium:
         """Open a tab and return the id of a session attached to it."""
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         # flatten: the tab's commands and events go over this same pipe, tagged with sessionId.
-        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Network"):
             self.send(f"{domain}.enable", session=session)
         return session
@@ -171,8 +191,11 @@ class Chromium:
         self.wait_for("Page.loadEventFired", session)
 
     def evaluate(self, session: str, expression: str):
-        result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
-                                                "returnByValue": True}, session)
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session,
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"the page check raised: {result['exceptionDetails']}")
         return result["result"]["value"]
@@ -180,10 +203,18 @@ class Chromium:
     def screenshot(self, session: str, path: Path) -> None:
         """The whole page (up to 20,000 CSS pixels tall) as a PNG."""
         size = self.send("Page.getLayoutMetrics", session=session)["cssContentSize"]
-        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 20000),
-                "scale": 1}
-        shot = self.send("Page.captureScreenshot", {"format": "png", "clip": clip,
-                                                     "captureBeyondViewport": True}, session)
+        clip = {
+            "x": 0,
+            "y": 0,
+            "width": size["width"],
+            "height": min(size["height"], 20000),
+            "scale": 1,
+        }
+        shot = self.send(
+            "Page.captureScreenshot",
+            {"format": "png", "clip": clip, "captureBeyondViewport": True},
+            session,
+        )
         path.write_bytes(base64.b64decode(shot["data"]))
 
     def close(self) -> None:
@@ -294,7 +325,7 @@ def broken_links(links: list[str], html: Path, cache: dict) -> list[str]:
     for url in sorted(set(links)):
         parts = urlsplit(url)
         if parts.scheme != "file":
-            continue   # web links lead outside the book; they are not checked offline
+            continue  # web links lead outside the book; they are not checked offline
         path = Path(unquote(parts.path))
         if path.is_dir():
             path = path / "index.html"
@@ -308,16 +339,20 @@ def broken_links(links: list[str], html: Path, cache: dict) -> list[str]:
                 parser.feed(path.read_text(errors="replace"))
                 cache[path] = parser.anchors
             if unquote(parts.fragment) not in cache[path]:
-                broken.append(f"link to a missing anchor: {path.relative_to(html)}#{parts.fragment}")
+                broken.append(
+                    f"link to a missing anchor: {path.relative_to(html)}#{parts.fragment}"
+                )
     return broken
 
 
 def test_every_page_renders_offline_in_chromium(request, tmp_path):
     exe = find_chromium()
     if exe is None:
-        message = ("no Chromium on PATH (" + ", ".join(BROWSERS) + ", or set $CHROMIUM): "
-                   "install it, e.g. apt-get install chromium")
-        if os.environ.get("CI", "").lower() in ("true", "1"):   # .ci/run and GitHub set CI=true
+        message = (
+            "no Chromium on PATH (" + ", ".join(BROWSERS) + ", or set $CHROMIUM): "
+            "install it, e.g. apt-get install chromium"
+        )
+        if os.environ.get("CI", "").lower() in ("true", "1"):  # .ci/run and GitHub set CI=true
             pytest.fail(message + " — CI must run the browser test")
         pytest.skip(message)
     # Asked for only now, so that a skip does not wait for a build first; the build is
@@ -327,7 +362,7 @@ def test_every_page_renders_offline_in_chromium(request, tmp_path):
     assert (html / "index.html").is_file(), f"the book did not build:\n{built_book.log}"
 
     failures, screenshots, anchors = {}, [], {}
-    typeset = figures = 0   # over the whole book: the checks must have had work to do
+    typeset = figures = 0  # over the whole book: the checks must have had work to do
     browser = Chromium(exe, tmp_path)
     try:
         session = browser.new_tab()
@@ -355,9 +390,12 @@ def test_every_page_renders_offline_in_chromium(request, tmp_path):
                     details = params["exceptionDetails"]
                     text = details.get("exception", {}).get("description") or details.get("text")
                     problems.append(f"script error: {text.splitlines()[0]}")
-            problems = [p for p in problems
-                        if not any(p.endswith(url) for url in REMOTE_ALLOWED)
-                        and not any(error in p for error in SCRIPT_ERRORS_ALLOWED)]
+            problems = [
+                p
+                for p in problems
+                if not any(p.endswith(url) for url in REMOTE_ALLOWED)
+                and not any(error in p for error in SCRIPT_ERRORS_ALLOWED)
+            ]
             if problems:
                 failures[page] = problems
                 shot = tmp_path / f"{page.replace('/', '__')}.png"
@@ -366,12 +404,16 @@ def test_every_page_renders_offline_in_chromium(request, tmp_path):
     finally:
         browser.close()
 
-    def listed(problems, most=12):   # a page without MathJax has a line per formula: cap it
+    def listed(problems, most=12):  # a page without MathJax has a line per formula: cap it
         more = [f"... and {len(problems) - most} more"] if len(problems) > most else []
         return "\n".join(f"  - {p}" for p in problems[:most] + more)
 
     report = "\n".join(f"{page}:\n{listed(problems)}" for page, problems in failures.items())
-    assert not failures, (f"{len(failures)} page(s) do not render cleanly in Chromium:\n{report}\n"
-                          "screenshots:\n  " + "\n  ".join(screenshots))
+    assert not failures, (
+        f"{len(failures)} page(s) do not render cleanly in Chromium:\n{report}\n"
+        "screenshots:\n  " + "\n  ".join(screenshots)
+    )
     # The book has formulas and figures; none typeset or shown means the checks saw nothing.
-    assert typeset and figures, f"{typeset} formulas typeset and {figures} figures shown in the book"
+    assert typeset and figures, (
+        f"{typeset} formulas typeset and {figures} figures shown in the book"
+    )

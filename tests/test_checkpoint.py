@@ -16,7 +16,9 @@ def test_round_trip_gives_the_same_model(tmp_path):
     assert not np.allclose(fresh(x, jax.random.key(0))[0], model(x, jax.random.key(0))[0])
     assert checkpoint.restore(path, fresh) is fresh
     np.testing.assert_array_equal(fresh(x, jax.random.key(0))[0], model(x, jax.random.key(0))[0])
-    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(fresh))):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(fresh)), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -39,7 +41,6 @@ def test_restore_errors(tmp_path):
         checkpoint.save(3, model)
 
 
-
 def _tiny_run(directory, steps=6):
     """A few steps of train.fit on a small MLP with batch norm, checkpointed into ``directory``."""
     from diffbook import mixture, train
@@ -48,9 +49,20 @@ def _tiny_run(directory, steps=6):
     ema, optimizer = train.adamw_with_ema(model, peak_lr=1e-2, steps=steps, warmup=1)
     x = mixture.standardise(mixture.MIXTURE.sample(jax.random.key(0), 64))
     loss_fn = lambda m, x, k: jnp.mean((m(x, jax.random.uniform(k, x.shape[:1])) - x) ** 2)
-    train.fit(model, optimizer, loss_fn, x, steps=steps, batch_size=16, key=jax.random.key(1),
-              ema=ema, ema_decay=0.5, checkpoint_dir=directory, checkpoint_every=4,
-              progress=False)
+    train.fit(
+        model,
+        optimizer,
+        loss_fn,
+        x,
+        steps=steps,
+        batch_size=16,
+        key=jax.random.key(1),
+        ema=ema,
+        ema_decay=0.5,
+        checkpoint_dir=directory,
+        checkpoint_every=4,
+        progress=False,
+    )
     return model, ema
 
 
@@ -69,11 +81,13 @@ def test_restore_training_loads_what_fit_saved(tmp_path):
     fresh, fresh_ema = _fresh(1), _fresh(2)
     # The trained weights differ from fresh ones, and the EMA from the weights.
     assert not np.array_equal(_params(fresh)[0], _params(model)[0])
-    assert not all(np.array_equal(a, b) for a, b in zip(_params(model), _params(ema)))
+    assert not all(np.array_equal(a, b) for a, b in zip(_params(model), _params(ema), strict=True))
     assert checkpoint.restore_training(tmp_path / "run", fresh, fresh_ema) == 6
     # Every variable, the batch-norm statistics included, exactly as trained.
     for trained, loaded in ((model, fresh), (ema, fresh_ema)):
-        for a, b in zip(jax.tree.leaves(nnx.state(trained)), jax.tree.leaves(nnx.state(loaded))):
+        for a, b in zip(
+            jax.tree.leaves(nnx.state(trained)), jax.tree.leaves(nnx.state(loaded)), strict=True
+        ):
             np.testing.assert_array_equal(a, b)
     # An older checkpoint that fit kept (every 4 steps, and the last two).
     other = _fresh(1)
@@ -106,9 +120,17 @@ def test_restore_training_errors(tmp_path):
     run = tmp_path / "no_ema"
     trained = _fresh(0)
     _, optimizer = train.adamw_with_ema(trained, peak_lr=1e-2, steps=2, warmup=0)
-    train.fit(trained, optimizer, lambda m, x, k: jnp.mean(m(x, jnp.zeros(x.shape[:1])) ** 2),
-              jnp.ones((8, 1)), steps=2, batch_size=4, key=jax.random.key(0), checkpoint_dir=run,
-              progress=False)
+    train.fit(
+        trained,
+        optimizer,
+        lambda m, x, k: jnp.mean(m(x, jnp.zeros(x.shape[:1])) ** 2),
+        jnp.ones((8, 1)),
+        steps=2,
+        batch_size=4,
+        key=jax.random.key(0),
+        checkpoint_dir=run,
+        progress=False,
+    )
     with pytest.raises(ValueError, match="kept no moving average"):
         checkpoint.restore_training(run, _fresh(1), _fresh(2))
     assert checkpoint.restore_training(run, model) == 2

@@ -42,8 +42,9 @@ def test_install_cell_does_nothing_where_diffbook_is_importable(md, monkeypatch,
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("jax_version", [None, "0.4.30"], ids=["no-jax", "old-jax"])
-def test_install_cell_installs_jax_for_this_hardware_and_the_pins(md, jax_version, monkeypatch,
-                                                                  capsys):
+def test_install_cell_installs_jax_for_this_hardware_and_the_pins(
+    md, jax_version, monkeypatch, capsys
+):
     from diffbook import colab_install
 
     calls = []
@@ -57,11 +58,14 @@ def test_install_cell_installs_jax_for_this_hardware_and_the_pins(md, jax_versio
         return jax_version
 
     monkeypatch.delenv("DIFFBOOK_INSTALL_SOURCE", raising=False)
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "diffbook" else real_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "diffbook" else real_spec(name, *a),
+    )
     monkeypatch.setattr(importlib.metadata, "version", version)
     monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
-    hardware = colab_install.detect_hardware()   # whatever this machine has
+    hardware = colab_install.detect_hardware()  # whatever this machine has
     exec(_install_cell(md), {})
     assert len(calls) == 1, "one quiet pip call"
     args = calls[0]
@@ -71,7 +75,7 @@ def test_install_cell_installs_jax_for_this_hardware_and_the_pins(md, jax_versio
     extra = {"tpu": "[tpu]", "cpu": ""}.get(hardware, "[cuda1")
     assert jax_args[0].startswith(f"jax{extra}") and jax_args[0].endswith(f"=={pins['jax']}")
     for arg in args[4:]:
-        if "==" in arg:   # every pinned package matches requirements.txt
+        if "==" in arg:  # every pinned package matches requirements.txt
             name, version = arg.split("==")
             assert pins[re.sub(r"\[.*\]", "", name).lower()] == version, arg
     assert any(a.startswith("flax==") for a in args)
@@ -84,8 +88,11 @@ def test_install_cell_takes_diffbook_from_a_local_folder(monkeypatch, tmp_path, 
     calls = []
     real_spec = importlib.util.find_spec
     monkeypatch.setenv("DIFFBOOK_INSTALL_SOURCE", str(tmp_path))
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "diffbook" else real_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "diffbook" else real_spec(name, *a),
+    )
     monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
     exec(_install_cell(CHAPTERS[0]), {})
     assert calls[0][-1] == str(tmp_path)
@@ -113,17 +120,21 @@ def _launch_urls(page: str) -> list[str]:
     class Config(dict):
         __getattr__ = dict.__getitem__
 
-    sphinx, _ = get_final_config(user_yaml=ROOT / "_config.yml", sourcedir=ROOT,
-                                 cli_config={"latex_individualpages": False})
+    sphinx, _ = get_final_config(
+        user_yaml=ROOT / "_config.yml", sourcedir=ROOT, cli_config={"latex_individualpages": False}
+    )
     metadata = json.loads((ROOT / f"{page}.ipynb").read_text())["metadata"]
     app = SimpleNamespace(
         config=Config(html_context={}, html_theme_options=sphinx["html_theme_options"]),
         builder=None,
-        env=SimpleNamespace(doc2path=lambda name: str(ROOT / f"{name}.ipynb"),
-                            metadata={page: metadata}))
+        env=SimpleNamespace(
+            doc2path=lambda name: str(ROOT / f"{name}.ipynb"), metadata={page: metadata}
+        ),
+    )
     update_context_with_repository_info(app)
-    context = dict(app.config.html_context, pagename=page, sourcename=f"{page}.ipynb",
-                   header_buttons=[])
+    context = dict(
+        app.config.html_context, pagename=page, sourcename=f"{page}.ipynb", header_buttons=[]
+    )
     add_launch_buttons(app, page, "page.html", context, None)
     return [b["url"] for group in context["header_buttons"] for b in group["buttons"]]
 
@@ -133,11 +144,19 @@ def test_each_chapter_page_launches_the_notebook_of_its_badge():
     # existing notebook (a missing `branch:` in _config.yml, say, makes the theme
     # link to "master").
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    pages = [c["file"] for part in toc["parts"] for c in part["chapters"]
-             if c["file"].startswith("notebooks/")]
+    pages = [
+        c["file"]
+        for part in toc["parts"]
+        for c in part["chapters"]
+        if c["file"].startswith("notebooks/")
+    ]
     assert sorted(pages) == [f"notebooks/{md.stem}" for md in CHAPTERS]
     for page in pages:
-        badges = set(re.findall(r"https://colab\.research\.google\.com/github/[^\s()\[\]]+?\.ipynb",
-                                (ROOT / f"{page}.md").read_text()))
+        badges = set(
+            re.findall(
+                r"https://colab\.research\.google\.com/github/[^\s()\[\]]+?\.ipynb",
+                (ROOT / f"{page}.md").read_text(),
+            )
+        )
         assert len(badges) == 1, (page, badges)
         assert _launch_urls(page) == list(badges), page

@@ -14,8 +14,14 @@ from packaging.requirements import Requirement
 from diffbook import colab_install as ci
 
 ROOT = Path(__file__).resolve().parents[1]
-PINS = {"jax": "0.10.2", "jaxlib": "0.10.2", "flax": "0.12.8", "optax": "0.2.8",
-        "diffrax": "0.7.2", "emoji": "2.16.0"}
+PINS = {
+    "jax": "0.10.2",
+    "jaxlib": "0.10.2",
+    "flax": "0.12.8",
+    "optax": "0.2.8",
+    "diffrax": "0.7.2",
+    "emoji": "2.16.0",
+}
 GIT = "diffbook @ git+https://github.com/diffbook/diffbook"
 
 
@@ -27,14 +33,19 @@ def _requirements(args):
 
 # -- plan: every hardware x (no JAX, too old, compatible) -------------------------------------
 
-@pytest.mark.parametrize("hardware, extra, also", [
-    ("tpu", {"tpu"}, set()),
-    ("gpu", {"cuda12"}, set()),
-    ("cpu", set(), {"jaxlib"}),
-])
+
+@pytest.mark.parametrize(
+    "hardware, extra, also",
+    [
+        ("tpu", {"tpu"}, set()),
+        ("gpu", {"cuda12"}, set()),
+        ("cpu", set(), {"jaxlib"}),
+    ],
+)
 @pytest.mark.parametrize("installed", [None, "0.4.38", "0.9.2"])
 def test_plan_installs_the_jax_build_for_the_hardware_when_jax_is_absent_or_too_old(
-        hardware, extra, also, installed):
+    hardware, extra, also, installed
+):
     args, message = ci.plan(hardware, installed, PINS, diffbook=GIT)
     reqs = _requirements(args[:-1] + ["diffbook"])
     assert reqs["jax"].extras == extra and str(reqs["jax"].specifier) == "==0.10.2"
@@ -43,7 +54,9 @@ def test_plan_installs_the_jax_build_for_the_hardware_when_jax_is_absent_or_too_
     assert set(reqs) == {"jax", "flax", "optax", "diffrax", "diffbook"} | also
     assert args[-1] == GIT
     assert "\n" not in message and f"Installed {args[2]} " in message
-    assert ("no JAX was installed" if installed is None else f"jax {installed} was older") in message
+    assert (
+        "no JAX was installed" if installed is None else f"jax {installed} was older"
+    ) in message
 
 
 @pytest.mark.parametrize("hardware", ["tpu", "gpu", "cpu"])
@@ -58,7 +71,9 @@ def test_plan_leaves_a_compatible_jax_alone(hardware, installed):
 def test_plan_does_nothing_where_diffbook_is_importable():
     for hardware in ("tpu", "gpu", "cpu"):
         assert ci.plan(hardware, "0.4.30", PINS, diffbook_installed=True) == (
-            None, "diffbook is already importable: nothing to install.")
+            None,
+            "diffbook is already importable: nothing to install.",
+        )
 
 
 def test_plan_picks_the_cuda13_wheels_only_for_a_driver_that_supports_cuda_13():
@@ -113,6 +128,7 @@ def test_version_tuple_reads_local_and_pre_release_versions():
 
 # -- hardware detection -----------------------------------------------------------------------
 
+
 def _fake_nvidia_smi(folder: Path, text: str) -> str:
     folder.mkdir(exist_ok=True)
     exe = folder / "nvidia-smi"
@@ -124,8 +140,9 @@ def _fake_nvidia_smi(folder: Path, text: str) -> str:
 @pytest.fixture
 def no_libtpu(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "libtpu" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a)
+    )
 
 
 def test_detect_hardware(tmp_path, monkeypatch, no_libtpu):
@@ -135,8 +152,12 @@ def test_detect_hardware(tmp_path, monkeypatch, no_libtpu):
     assert ci.detect_hardware(environ={}, dev=str(dev), path=str(empty)) == "cpu"
     assert ci.detect_hardware(environ={}, dev=str(tmp_path / "none"), path=str(empty)) == "cpu"
     assert ci.detect_hardware(environ={"TPU_NAME": "local"}, dev=str(dev), path=str(empty)) == "tpu"
-    assert ci.detect_hardware(environ={"COLAB_TPU_ADDR": "10.0.0.2:8470"}, dev=str(dev),
-                              path=str(empty)) == "tpu"
+    assert (
+        ci.detect_hardware(
+            environ={"COLAB_TPU_ADDR": "10.0.0.2:8470"}, dev=str(dev), path=str(empty)
+        )
+        == "tpu"
+    )
     gpu_path = _fake_nvidia_smi(tmp_path / "bin", "CUDA Version: 12.4")
     assert ci.detect_hardware(environ={}, dev=str(dev), path=gpu_path) == "gpu"
     (dev / "nvidia0").touch()
@@ -148,8 +169,11 @@ def test_detect_hardware(tmp_path, monkeypatch, no_libtpu):
 
 def test_detect_hardware_takes_libtpu_for_a_tpu(tmp_path, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "libtpu" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "libtpu" else real(name, *a),
+    )
     assert ci.detect_hardware(environ={}, dev=str(tmp_path), path=str(tmp_path)) == "tpu"
 
 
@@ -163,14 +187,21 @@ def test_driver_cuda_major_reads_nvidia_smi(tmp_path):
 
 # -- the driver -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def without_diffbook(monkeypatch):
     """diffbook not importable, jax 0.4.30 installed, and pip calls recorded, not run."""
     real_spec, real_version = importlib.util.find_spec, importlib.metadata.version
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "diffbook" else real_spec(name, *a))
-    monkeypatch.setattr(importlib.metadata, "version",
-                        lambda name: "0.4.30" if name == "jax" else real_version(name))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "diffbook" else real_spec(name, *a),
+    )
+    monkeypatch.setattr(
+        importlib.metadata,
+        "version",
+        lambda name: "0.4.30" if name == "jax" else real_version(name),
+    )
     monkeypatch.delenv("DIFFBOOK_INSTALL_SOURCE", raising=False)
     calls = []
     return lambda args, check: calls.append((args, check)), calls
@@ -178,19 +209,21 @@ def without_diffbook(monkeypatch):
 
 def test_main_does_nothing_where_diffbook_is_importable(capsys):
     calls = []
-    ci.main(PINS, repository="https://github.com/diffbook/diffbook",
-            run=lambda *a, **k: calls.append(a))
+    ci.main(
+        PINS, repository="https://github.com/diffbook/diffbook", run=lambda *a, **k: calls.append(a)
+    )
     assert calls == []
     assert capsys.readouterr().out == "diffbook is already importable: nothing to install.\n"
 
 
-def test_main_runs_pip_once_with_the_plan_for_the_detected_hardware(without_diffbook, monkeypatch,
-                                                                    capsys):
+def test_main_runs_pip_once_with_the_plan_for_the_detected_hardware(
+    without_diffbook, monkeypatch, capsys
+):
     run, calls = without_diffbook
     monkeypatch.setattr(ci, "detect_hardware", lambda: "tpu")
     monkeypatch.delitem(sys.modules, "jax", raising=False)
     ci.main(PINS, repository="https://github.com/diffbook/diffbook", run=run)
-    (args, check), = calls
+    ((args, check),) = calls
     assert check is True and args[:3] == [sys.executable, "-m", "pip"]
     assert args[3:] == ci.plan("tpu", "0.4.30", PINS, diffbook=GIT)[0]
     out = capsys.readouterr().out
@@ -198,8 +231,9 @@ def test_main_runs_pip_once_with_the_plan_for_the_detected_hardware(without_diff
     assert out.count("\n") == 1 and "restart" not in out
 
 
-def test_main_asks_for_a_restart_when_the_old_jax_was_already_imported(without_diffbook,
-                                                                       monkeypatch, capsys):
+def test_main_asks_for_a_restart_when_the_old_jax_was_already_imported(
+    without_diffbook, monkeypatch, capsys
+):
     run, calls = without_diffbook
     monkeypatch.setattr(ci, "detect_hardware", lambda: "gpu")
     monkeypatch.setattr(ci, "driver_cuda_major", lambda: 12)
@@ -217,13 +251,16 @@ def test_main_installs_diffbook_from_install_source(without_diffbook, monkeypatc
     ci.main(PINS, repository="https://github.com/diffbook/diffbook", run=run)
     monkeypatch.setenv("DIFFBOOK_INSTALL_SOURCE", "git+https://github.com/me/diffbook@fix")
     ci.main(PINS, repository="https://github.com/diffbook/diffbook", run=run)
-    assert [args[-1] for args, _ in calls] == [str(tmp_path),
-                                               "diffbook @ git+https://github.com/me/diffbook@fix"]
+    assert [args[-1] for args, _ in calls] == [
+        str(tmp_path),
+        "diffbook @ git+https://github.com/me/diffbook@fix",
+    ]
     with pytest.raises(ValueError, match="repository"):
         ci.main(PINS, repository="github.com/diffbook/diffbook", run=run)
 
 
 # -- the generator: one source for every chapter's first cell ---------------------------------
+
 
 def _tools():
     spec = importlib.util.spec_from_file_location("notebooks_tool", ROOT / "tools" / "notebooks.py")
@@ -236,7 +273,7 @@ def test_generated_cell_is_the_module_code_with_the_pins_of_requirements_and_con
     tools = _tools()
     cell = tools.install_cell("05_emoji")
     assert ci.cell_code() in cell and "import diffbook" not in ci.cell_code()
-    call = cell[cell.rindex("\nmain(") + 1:]
+    call = cell[cell.rindex("\nmain(") + 1 :]
     namespace = {}
     exec(call, {"main": lambda **kw: namespace.update(kw)})
     pins = tools.requirement_pins()
@@ -246,11 +283,10 @@ def test_generated_cell_is_the_module_code_with_the_pins_of_requirements_and_con
     assert namespace["repository"] == "https://github.com/diffbook/diffbook"
     vae = tools.install_cell("01_vae")
     compile(vae, "01_vae", "exec")
-    assert "packages=" not in vae[vae.rindex("\nmain("):]
+    assert "packages=" not in vae[vae.rindex("\nmain(") :]
 
 
-def test_check_fails_on_a_stale_install_cell_or_badge_and_install_cell_repairs_it(tmp_path,
-                                                                                   capsys):
+def test_check_fails_on_a_stale_install_cell_or_badge_and_install_cell_repairs_it(tmp_path, capsys):
     tools = _tools()
     for suffix in (".md", ".ipynb"):
         shutil.copy(ROOT / "notebooks" / f"03_flow_matching{suffix}", tmp_path)

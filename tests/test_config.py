@@ -7,7 +7,7 @@ from diffbook import config
 def test_pick_follows_backend_and_override(monkeypatch):
     monkeypatch.delenv("DIFFBOOK_CONFIG", raising=False)
     backend = jax.default_backend()
-    expected = "cpu" if backend == "cpu" else "accelerator"   # passes on a GPU machine too
+    expected = "cpu" if backend == "cpu" else "accelerator"  # passes on a GPU machine too
     cfg = config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}})
     assert cfg.name == config.default_choice() == expected
     assert cfg.n == {"cpu": 1, "accelerator": 2}[expected]
@@ -53,10 +53,13 @@ def test_checkpoint_dir_follows_the_environment(monkeypatch, tmp_path):
         config.checkpoint_dir("a/b", cfg)
 
 
-@pytest.mark.parametrize("hardware, cuda, fix", [
-    ("gpu", 12, "jax[cuda12]=="), ("gpu", 13, "jax[cuda13]=="), ("tpu", None, "jax[tpu]==")])
+@pytest.mark.parametrize(
+    "hardware, cuda, fix",
+    [("gpu", 12, "jax[cuda12]=="), ("gpu", 13, "jax[cuda13]=="), ("tpu", None, "jax[tpu]==")],
+)
 def test_describe_warns_when_an_accelerator_is_attached_but_jax_runs_on_the_cpu(
-        monkeypatch, hardware, cuda, fix):
+    monkeypatch, hardware, cuda, fix
+):
     from diffbook import colab_install
 
     monkeypatch.setattr(colab_install, "detect_hardware", lambda: hardware)

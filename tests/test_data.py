@@ -26,7 +26,7 @@ def test_split_is_fixed_disjoint_and_stratified():
     _, labels = data.load_digits()
     for c in range(10):
         n_c = np.sum(labels == c)
-        assert np.sum(labels[held] == c) == round(n_c / 3)          # a third of every class
+        assert np.sum(labels[held] == c) == round(n_c / 3)  # a third of every class
         np.testing.assert_array_equal(data.split_indices("held_out", c), held[labels[held] == c])
     # load_digits(split=...) returns exactly those images, in that order.
     images, _ = data.load_digits()
@@ -42,8 +42,10 @@ def test_bad_split():
         data.split_indices("validation")
 
 
-@pytest.mark.parametrize("digit, error", [(10, ValueError), (-1, ValueError), ("2", TypeError),
-                                          (2.0, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "digit, error",
+    [(10, ValueError), (-1, ValueError), ("2", TypeError), (2.0, TypeError), (True, TypeError)],
+)
 def test_bad_digit(digit, error):
     with pytest.raises(error, match="digit"):
         data.load_digits(digit)

@@ -19,8 +19,9 @@ def _posterior_float64(sched, x0, xt, t):
     return c0 * np.asarray(x0, np.float64) + ct * np.asarray(xt, np.float64), var
 
 
-@pytest.mark.parametrize("sched", [NoiseSchedule.cosine(1000), NoiseSchedule.linear(1000)],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "sched", [NoiseSchedule.cosine(1000), NoiseSchedule.linear(1000)], ids=lambda s: s.name
+)
 def test_posterior_mean_at_t0_is_x0(sched):
     k1, k2 = jax.random.split(jax.random.key(0))
     x0 = jax.random.uniform(k1, (16, 8, 8, 1), minval=-1, maxval=1)

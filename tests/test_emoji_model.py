@@ -14,8 +14,15 @@ VOCAB = 12
 
 
 def _model(seed=0):
-    model = nets.TextToImage(VOCAB, max_len=4, text_dim=16, text_layers=1, channels=(8, 16),
-                             emb_dim=16, rngs=nnx.Rngs(seed))
+    model = nets.TextToImage(
+        VOCAB,
+        max_len=4,
+        text_dim=16,
+        text_layers=1,
+        channels=(8, 16),
+        emb_dim=16,
+        rngs=nnx.Rngs(seed),
+    )
     # The output convolution starts at zero (the untrained model predicts zeros);
     # give it weights so that the inputs' influence can be seen.
     kernel = model.unet.out.kernel
@@ -38,8 +45,9 @@ def test_guidance_combines_one_batched_call():
     for scale in (0.0, 1.0, 3.5):
         guided = guidance.guided_model_fn(model, (tokens, mask), scale)(x, t / 1000)
         np.testing.assert_allclose(guided, uncond + scale * (cond - uncond), atol=1e-5)
-    np.testing.assert_allclose(guidance.guided_model_fn(model, (tokens, mask), 1.0)(x, t / 1000),
-                               cond, atol=1e-5)
+    np.testing.assert_allclose(
+        guidance.guided_model_fn(model, (tokens, mask), 1.0)(x, t / 1000), cond, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf")])
@@ -79,13 +87,18 @@ def test_condition_dropout():
 
     k_loss = jax.random.split(key)[1]
     plain = diffusion_loss(sched, lambda x, u: model(x, u, tokens, mask), images, k_loss)
-    np.testing.assert_allclose(guidance.cfg_loss(sched, model, (images, tokens, mask), key,
-                                              p_uncond=0.0), plain, rtol=1e-6)
+    np.testing.assert_allclose(
+        guidance.cfg_loss(sched, model, (images, tokens, mask), key, p_uncond=0.0), plain, rtol=1e-6
+    )
     # ... and with p_uncond close to 1 it is the unconditional one.
-    empty = diffusion_loss(sched, lambda x, u: model(x, u, tokens, jnp.zeros_like(mask)), images,
-                           k_loss)
-    np.testing.assert_allclose(guidance.cfg_loss(sched, model, (images, tokens, mask), key,
-                                              p_uncond=0.999999), empty, rtol=1e-6)
+    empty = diffusion_loss(
+        sched, lambda x, u: model(x, u, tokens, jnp.zeros_like(mask)), images, k_loss
+    )
+    np.testing.assert_allclose(
+        guidance.cfg_loss(sched, model, (images, tokens, mask), key, p_uncond=0.999999),
+        empty,
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="p_uncond"):
         guidance.cfg_loss(sched, model, (images, tokens, mask), key, p_uncond=1.0)
 
@@ -107,12 +120,15 @@ class _Oracle(nnx.Module):
         ab = self.alpha_bars[...][t][:, None, None, None]
         # Row i of a batch is prompt i % 3 (guidance stacks the prompts twice).
         reps = (x.shape[0] // self.x0_cond.shape[0], 1, 1, 1)
-        x0 = jnp.where(mask.any(1)[:, None, None, None], jnp.tile(self.x0_cond[...], reps),
-                       jnp.tile(self.x0_uncond[...], reps))
+        x0 = jnp.where(
+            mask.any(1)[:, None, None, None],
+            jnp.tile(self.x0_cond[...], reps),
+            jnp.tile(self.x0_uncond[...], reps),
+        )
         eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
         if self.prediction == "epsilon":
             return eps
-        return jnp.sqrt(ab) * eps - jnp.sqrt(1.0 - ab) * x0   # v
+        return jnp.sqrt(ab) * eps - jnp.sqrt(1.0 - ab) * x0  # v
 
 
 def _oracle_setup(prediction, steps=1000):
@@ -131,11 +147,11 @@ def test_guided_sampler_reads_a_v_network_as_v():
 
     def run(schedule, model, steps, scale, **options):
         return guidance.GuidedSampler(schedule, steps=steps, **options)(
-            model, (tokens, mask), x_T, scale=scale)[0]
+            model, (tokens, mask), x_T, scale=scale
+        )[0]
 
     np.testing.assert_allclose(run(schedule, oracle, 10, 1.0, prediction="v"), x0_cond, atol=1e-3)
-    np.testing.assert_allclose(run(schedule, oracle, 10, 0.0, prediction="v"), x0_uncond,
-                               atol=1e-3)
+    np.testing.assert_allclose(run(schedule, oracle, 10, 0.0, prediction="v"), x0_uncond, atol=1e-3)
     # Read as noise (the default), the same output gives another picture.  At low noise
     # v is nearly the noise, so later steps of an exact network would hide the mistake;
     # one jump from pure noise shows it: there v is nearly -x0.
@@ -152,19 +168,41 @@ def test_guided_sample_on_an_explicit_grid_matches_the_sampler_and_starts_late()
     tokens, mask = _prompts()
     grid = samplers.ddim_timesteps(schedule.num_timesteps, 8)[::-1]
     x_T = jax.random.normal(jax.random.key(6), (3, 16, 16, 3))
-    full, nfe = guidance.guided_sample(schedule, oracle, (tokens, mask), x_T, scale=2.0,
-                                       timesteps=grid, prediction="v", clip_x0=True)
-    np.testing.assert_allclose(full, guidance.GuidedSampler(schedule, steps=8, prediction="v")(
-        oracle, (tokens, mask), x_T, scale=2.0)[0], atol=1e-6)
+    full, nfe = guidance.guided_sample(
+        schedule,
+        oracle,
+        (tokens, mask),
+        x_T,
+        scale=2.0,
+        timesteps=grid,
+        prediction="v",
+        clip_x0=True,
+    )
+    np.testing.assert_allclose(
+        full,
+        guidance.GuidedSampler(schedule, steps=8, prediction="v")(
+            oracle, (tokens, mask), x_T, scale=2.0
+        )[0],
+        atol=1e-6,
+    )
     assert nfe == 8
     # Started two steps later, from noise, the exact network still lands on its image.
-    late, nfe = guidance.guided_sample(schedule, oracle, (tokens, mask), x_T, scale=1.0,
-                                       timesteps=grid[2:], prediction="v", clip_x0=True)
+    late, nfe = guidance.guided_sample(
+        schedule,
+        oracle,
+        (tokens, mask),
+        x_T,
+        scale=1.0,
+        timesteps=grid[2:],
+        prediction="v",
+        clip_x0=True,
+    )
     np.testing.assert_allclose(late, x0_cond, atol=1e-3)
     assert nfe == 6
     with pytest.raises(ValueError, match="decrease"):
-        guidance.guided_sample(schedule, oracle, (tokens, mask), x_T, scale=1.0,
-                               timesteps=grid[::-1], prediction="v")
+        guidance.guided_sample(
+            schedule, oracle, (tokens, mask), x_T, scale=1.0, timesteps=grid[::-1], prediction="v"
+        )
 
 
 @pytest.mark.parametrize("prediction", ["v", "epsilon"])
@@ -174,8 +212,15 @@ def test_predict_x0_of_an_exact_network_is_the_image(prediction):
     noise = jax.random.normal(jax.random.key(7), x0_cond.shape)
 
     def estimate(mask, t):
-        return samplers.predict_x0(schedule, lambda x, u: oracle(x, u, tokens, mask), x0_cond,
-                                   t, noise, prediction=prediction, clip_x0=True)
+        return samplers.predict_x0(
+            schedule,
+            lambda x, u: oracle(x, u, tokens, mask),
+            x0_cond,
+            t,
+            noise,
+            prediction=prediction,
+            clip_x0=True,
+        )
 
     for t in (10, 500, 900):
         np.testing.assert_allclose(estimate(mask, t), x0_cond, atol=1e-3)

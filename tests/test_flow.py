@@ -25,15 +25,18 @@ def test_loss_is_smallest_at_the_marginal_velocity():
     x1 = M + S * jax.random.normal(jax.random.key(0), (4096, 2, 2, 1))
     key = jax.random.key(1)
     best = flow.cfm_loss(exact_velocity, x1, key)
-    for wrong in (lambda x, t: 1.1 * exact_velocity(x, t), lambda x, t: exact_velocity(x, t) + 0.1,
-                  lambda x, t: jnp.zeros_like(x)):
+    for wrong in (
+        lambda x, t: 1.1 * exact_velocity(x, t),
+        lambda x, t: exact_velocity(x, t) + 0.1,
+        lambda x, t: jnp.zeros_like(x),
+    ):
         assert flow.cfm_loss(wrong, x1, key) > best
 
 
 def test_sampling_with_the_exact_field_reaches_the_data_distribution():
     calls = []
 
-    def counted(x, t):   # one callback per evaluation of the field, when it runs
+    def counted(x, t):  # one callback per evaluation of the field, when it runs
         jax.debug.callback(lambda: calls.append(1))
         return exact_velocity(x, t)
 

@@ -55,7 +55,7 @@ def test_references_frame_the_figures():
     # Distinct training images are as good a draw from the data as any: the same
     # Fréchet distance as the reference, within its noise.
     assert q["fd"] == pytest.approx(q["fd_gen"], rel=0.25)
-    assert q["fd_mem"] > q["fd_gen"]        # replays repeat images: a narrower spread
+    assert q["fd_mem"] > q["fd_gen"]  # replays repeat images: a narrower spread
 
 
 def test_quality_of_other_digits_blur_and_noise():
@@ -65,7 +65,7 @@ def test_quality_of_other_digits_blur_and_noise():
     assert wrong["recognised"] < 0.05 and wrong["fd_ratio"] > 5.0
     rng = np.random.default_rng(0)
     i, j = rng.integers(0, len(twos), (2, 400))
-    blends = metrics.digit_quality(0.5 * twos[i] + 0.5 * twos[j], 2)   # blurry averages
+    blends = metrics.digit_quality(0.5 * twos[i] + 0.5 * twos[j], 2)  # blurry averages
     assert blends["fd_ratio"] > 1.2
     noisy = np.clip(twos[i] + 0.5 * rng.normal(size=twos[i].shape), -1, 1)
     assert metrics.digit_quality(noisy, 2)["fd_ratio"] > 2.0
@@ -117,8 +117,9 @@ def test_quality_of_all_digits_needs_enough_samples():
 def test_total_variation_and_histogram():
     assert metrics.total_variation([1, 0], [0, 1]) == 1.0
     assert metrics.total_variation([0.5, 0.5], [0.5, 0.5]) == 0.0
-    np.testing.assert_allclose(metrics.class_histogram([0, 0, 9, 3]),
-                               [0.5, 0, 0, 0.25, 0, 0, 0, 0, 0, 0.25])
+    np.testing.assert_allclose(
+        metrics.class_histogram([0, 0, 9, 3]), [0.5, 0, 0, 0.25, 0, 0, 0, 0, 0, 0.25]
+    )
     with pytest.raises(ValueError, match="p and q"):
         metrics.total_variation([1, 0], [1, 0, 0])
     with pytest.raises(ValueError, match="classes"):
@@ -140,7 +141,7 @@ def _shift(images, dy, dx):
     """Move the content by (dy, dx) pixels, filling the uncovered border with white."""
     out = np.ones_like(images)
     r = images.shape[1]
-    dst = lambda d: slice(max(d, 0), r + min(d, 0))   # noqa: E731
+    dst = lambda d: slice(max(d, 0), r + min(d, 0))  # noqa: E731
     src = lambda d: slice(max(-d, 0), r + min(-d, 0))  # noqa: E731
     out[:, dst(dy), dst(dx)] = images[:, src(dy), src(dx)]
     return out
@@ -162,8 +163,9 @@ def test_fidelity_figures_by_brute_force():
     assert got["chance_top3"] == 3 / 30
     assert got["nn_distance"] == pytest.approx(np.median(dist.min(1)), rel=1e-9)
     assert got["train_spacing"] == pytest.approx(np.median(spacing.min(1)), rel=1e-9)
-    np.testing.assert_allclose(metrics.nearest_distances(f_t, f_t, exclude_self=True),
-                               spacing.min(1), rtol=1e-9)
+    np.testing.assert_allclose(
+        metrics.nearest_distances(f_t, f_t, exclude_self=True), spacing.min(1), rtol=1e-9
+    )
 
 
 def test_fidelity_of_training_images_and_shifted_copies(emoji_train):
@@ -173,7 +175,7 @@ def test_fidelity_of_training_images_and_shifted_copies(emoji_train):
     assert exact["top1"] == 1.0 and exact["top5"] == 1.0
     assert exact["nn_distance"] < 1e-6 and exact["distance_ratio"] < 1e-5
     assert exact["train_spacing"] > 0.05 and exact["chance_top5"] == 5 / 320
-    shifted = metrics.prompt_fidelity(_shift(train, 0, 1), labels, train)   # one pixel right
+    shifted = metrics.prompt_fidelity(_shift(train, 0, 1), labels, train)  # one pixel right
     assert shifted["top1"] > 0.85 and shifted["top5"] > 0.95
     assert shifted["distance_ratio"] < 1.5
 
@@ -183,8 +185,9 @@ def test_fidelity_of_unrelated_samples(emoji_train):
     rng = np.random.default_rng(0)
     shuffled = metrics.prompt_fidelity(train, rng.permutation(320), train)
     assert shuffled["top5"] <= shuffled["chance_top5"] + 0.03
-    noise = metrics.prompt_fidelity(rng.uniform(-1, 1, (100, 16, 16, 3)), np.arange(100), train,
-                                    k=3)
+    noise = metrics.prompt_fidelity(
+        rng.uniform(-1, 1, (100, 16, 16, 3)), np.arange(100), train, k=3
+    )
     assert noise["distance_ratio"] > 2.0 and noise["top3"] <= 0.05
     assert set(noise) >= {"top1", "top3", "chance_top3", "nn_distance", "train_spacing"}
 

@@ -34,15 +34,17 @@ def test_noised_mixture_is_the_law_of_the_forward_process():
     x0 = MIXTURE.sample(jax.random.key(0), 200_000)[:, None]
     for t in (0, 300, 700):
         ab = float(sched.alpha_bars[t])
-        xt = sched.add_noise(x0, jax.random.normal(jax.random.key(t), x0.shape),
-                             jnp.full((x0.shape[0],), t))
+        xt = sched.add_noise(
+            x0, jax.random.normal(jax.random.key(t), x0.shape), jnp.full((x0.shape[0],), t)
+        )
         noised = MIXTURE.noised(ab)
         assert abs(float(xt.mean()) - noised.mean) < 0.03
         assert abs(float(xt.std()) - noised.std) < 0.03
         # The traced version of its score agrees with autodiff of its density.
         x = jnp.linspace(-6, 8, 15)
-        np.testing.assert_allclose(MIXTURE.noised_score(x, ab), noised.score(x), rtol=1e-4,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            MIXTURE.noised_score(x, ab), noised.score(x), rtol=1e-4, atol=1e-5
+        )
     assert MIXTURE.noised(1.0) == MIXTURE
 
 
@@ -51,7 +53,7 @@ def test_mode_weights_of_exact_draws_are_the_weights():
     np.testing.assert_allclose(mixture.mode_weights(MIXTURE, x), MIXTURE.weights, atol=0.005)
     # All samples in the middle mode: weight 1 there.
     w = mixture.mode_weights(MIXTURE, np.zeros(10))
-    assert w[1] > 0.98   # the wide component at 6 still claims 1.6% of x = 0
+    assert w[1] > 0.98  # the wide component at 6 still claims 1.6% of x = 0
 
 
 def test_wasserstein1_measures_a_shift_and_shrinks_with_sample_size():
@@ -60,7 +62,7 @@ def test_wasserstein1_measures_a_shift_and_shrinks_with_sample_size():
     assert abs(mixture.wasserstein1(g, x + 0.5) - 0.5) < 0.02
     assert mixture.wasserstein1(g, x) < 0.02
     small, large = (mixture.w1_reference(MIXTURE, n, repeats=10) for n in (1000, 16000))
-    assert 2.5 < small / large < 6        # about sqrt(16) = 4
+    assert 2.5 < small / large < 6  # about sqrt(16) = 4
 
 
 def test_quality_flags_wrong_mode_weights():
@@ -94,8 +96,9 @@ def test_every_parameter_of_the_mlp_gets_a_gradient(options):
     model = mixture.MixtureMLP(16, 2, rngs=nnx.Rngs(0), **options)
     sched = NoiseSchedule.cosine(100)
     x = mixture.standardise(MIXTURE.sample(jax.random.key(0), 64))
-    grads = nnx.grad(lambda m: ddpm.diffusion_loss(sched, m, x, jax.random.key(1),
-                                                   prediction="v"))(model)
+    grads = nnx.grad(lambda m: ddpm.diffusion_loss(sched, m, x, jax.random.key(1), prediction="v"))(
+        model
+    )
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert float(jnp.abs(g).max()) > 0, path
 
@@ -112,8 +115,12 @@ def test_standardised_coordinates_round_trip():
     grid = np.linspace(-3, 3, 61)
     back = mixture.unstandardise(grid)
     np.testing.assert_allclose(mixture.STANDARD.cdf(grid), MIXTURE.cdf(back), atol=1e-6)
-    np.testing.assert_allclose(mixture.STANDARD.log_prob(grid),
-                               MIXTURE.log_prob(back) + np.log(MIXTURE.std), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        mixture.STANDARD.log_prob(grid),
+        MIXTURE.log_prob(back) + np.log(MIXTURE.std),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     zs = np.sort(np.asarray(z[:, 0], np.float64))
     cdf = np.asarray(mixture.STANDARD.cdf(zs), np.float64)
     n = zs.size
@@ -133,17 +140,23 @@ def exact_spread():
     the mean plus 4 standard deviations of W1 / (mean W1 of exact draws)."""
     r = MIXTURE.responsibilities(MIXTURE.sample(jax.random.key(100), 400_000))
     se = np.asarray(r, np.float64).std(axis=0) / np.sqrt(N)
-    ref = mixture.w1_reference(MIXTURE, N)        # the reference that quality() divides by
-    ratios = np.array([mixture.wasserstein1(MIXTURE, MIXTURE.sample(k, N)) / ref
-                       for k in jax.random.split(jax.random.key(101), 20)])
+    ref = mixture.w1_reference(MIXTURE, N)  # the reference that quality() divides by
+    ratios = np.array(
+        [
+            mixture.wasserstein1(MIXTURE, MIXTURE.sample(k, N)) / ref
+            for k in jax.random.split(jax.random.key(101), 20)
+        ]
+    )
     return {"weight": 4 * se, "w1_ratio": ratios.mean() + 4 * ratios.std(), "ref": ref}
 
 
 def _errors(x, spread):
     """(|mode weight - true weight| per mode, W1 ratio) of samples x in data units."""
     weights = mixture.mode_weights(MIXTURE, x)
-    return (np.abs(weights - np.asarray(MIXTURE.weights)),
-            mixture.wasserstein1(MIXTURE, x) / spread["ref"])
+    return (
+        np.abs(weights - np.asarray(MIXTURE.weights)),
+        mixture.wasserstein1(MIXTURE, x) / spread["ref"],
+    )
 
 
 def _run_with_oracle(name, n=N, **options):
@@ -158,7 +171,8 @@ def _run_with_oracle(name, n=N, **options):
         return oracle(z, u)
 
     x, nfe = jax.jit(lambda k: mixture.draw(name, sched, counted, k, n, **options))(
-        jax.random.key(5))
+        jax.random.key(5)
+    )
     jax.effects_barrier()
     return mixture.unstandardise(x), int(nfe), len(calls)
 
@@ -178,8 +192,9 @@ def test_the_bounds_pass_exact_draws_and_catch_wrong_weights(exact_spread):
     assert w_err[0] > exact_spread["weight"][0] and w_err[2] > exact_spread["weight"][2]
 
 
-@pytest.mark.parametrize("name, calls", [("ancestral", 1000), ("pc", 2000), ("ode", None),
-                                         ("sde", 1001)])
+@pytest.mark.parametrize(
+    "name, calls", [("ancestral", 1000), ("pc", 2000), ("ode", None), ("sde", 1001)]
+)
 def test_samplers_match_exact_draws_with_the_exact_score(name, calls, exact_spread):
     # The oracle network gives the exact v of the standardised mixture at every level:
     # any error left is the sampler's own.

@@ -2,9 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_every_param_gets_a_gradient
 from flax import nnx
 
+from conftest import assert_every_param_gets_a_gradient
 from diffbook import nets
 
 
@@ -33,8 +33,9 @@ def test_count_params_counts_trainable_scalars_only(time_embedding, expected):
     # Counting the running statistics too would give 64 more.
     from diffbook.mixture import MixtureMLP
 
-    model = MixtureMLP(16, 2, emb_dim=8, norm="batch", time_embedding=time_embedding,
-                       rngs=nnx.Rngs(0))
+    model = MixtureMLP(
+        16, 2, emb_dim=8, norm="batch", time_embedding=time_embedding, rngs=nnx.Rngs(0)
+    )
     assert nets.count_params(model) == expected
     assert nets.count_params(model.blocks[0]) == 32 + 272 + 144 + 272
 
@@ -75,8 +76,15 @@ VOCAB = 12
 
 
 def _text_to_image(seed=0):
-    model = nets.TextToImage(VOCAB, max_len=4, text_dim=16, text_layers=1, channels=(8, 16),
-                             emb_dim=16, rngs=nnx.Rngs(seed))
+    model = nets.TextToImage(
+        VOCAB,
+        max_len=4,
+        text_dim=16,
+        text_layers=1,
+        channels=(8, 16),
+        emb_dim=16,
+        rngs=nnx.Rngs(seed),
+    )
     # The output convolution starts at zero (the untrained model predicts zeros);
     # give it weights so that the inputs' influence can be seen.
     kernel = model.unet.out.kernel
@@ -95,7 +103,8 @@ def test_text_to_image_every_parameter_gets_a_gradient():
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     # Compiled: op by op, the gradient of this model takes far longer.
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x, jnp.full((3,), 0.3), tokens, mask) ** 2)))(
-        model)
+        model
+    )
     flat = jax.tree_util.tree_flatten_with_path(nnx.state(grads, nnx.Param))[0]
     dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g))]
     assert not dead, f"parameters without gradient: {dead}"
@@ -143,7 +152,7 @@ def test_cross_attention_ignores_masked_context():
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
     context = jax.random.normal(jax.random.key(1), (2, 5, 6))
     mask = jnp.array([[True, True, False, False, False], [True, False, True, False, False]])
-    changed = context.at[:, 3:].set(100.0)   # only masked positions change
+    changed = context.at[:, 3:].set(100.0)  # only masked positions change
     np.testing.assert_allclose(layer(x, changed, mask), layer(x, context, mask), atol=1e-5)
 
 
@@ -163,7 +172,7 @@ def test_unet_from_recipe_reads_the_widths_and_seeds_the_weights():
     cfg = config.Config("tiny", dict(channels=(8, 16), peak_lr=1e-3))
     a, b = nets.unet_from_recipe(cfg, seed=0), nets.unet_from_recipe(cfg, seed=0)
     assert nets.count_params(a) == nets.count_params(nets.UNet(1, (8, 16), rngs=nnx.Rngs(0)))
-    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b)), strict=True):
         np.testing.assert_array_equal(x, y)
     other = nets.unet_from_recipe(cfg, seed=1)
     assert not np.array_equal(other.stem.kernel[...], a.stem.kernel[...])

@@ -67,11 +67,11 @@ def square_sum(x, scale=2.0, *, axis=-1):
 # twin: {module}.normalised
 def normalised(x):
     return x / square_sum(x)     # the chapter's name of a marked definition''',
-    '''\
+    """\
 %matplotlib inline
 # twin: {module}.Box.area
 def area(self, width, height):
-    return width * height''',
+    return width * height""",
 ]
 
 
@@ -92,9 +92,13 @@ def twins(tmp_path, monkeypatch):
 
     def problems(*cells):
         md = tmp_path / "01_tiny.md"
-        md.write_text(HEADER + "\n".join(
-            f"```{{code-cell}} ipython3\n{cell.format(module=module)}\n```\n\nSome prose.\n"
-            for cell in cells))
+        md.write_text(
+            HEADER
+            + "\n".join(
+                f"```{{code-cell}} ipython3\n{cell.format(module=module)}\n```\n\nSome prose.\n"
+                for cell in cells
+            )
+        )
         return tools.twin_problems(md), md.read_text().split("\n")
 
     return problems
@@ -105,18 +109,21 @@ def test_twins_that_differ_only_in_names_docstrings_comments_annotations_and_che
     assert problems == []
 
 
-@pytest.mark.parametrize("old, new, node", [
-    ("jnp.sum(scale * x ** 2", "jnp.sum(scale * x ** 3", "Constant 3 vs 2"),
-    ("jnp.sum(scale * x ** 2", "jnp.sum(scale + x ** 2", "operator + vs *"),
-    ("jnp.sum(scale * x ** 2", "jnp.mean(scale * x ** 2", "Attribute jnp.mean vs jnp.sum"),
-    ("scale=2.0, *", "scale=2.5, *", "Constant 2.5 vs 2.0"),
-    ("scale=2.0, *", "scale=2, *", "Constant 2 vs 2.0"),          # an int is not a float
-    ("axis=axis)", "dim=axis)", "keyword 'dim' vs 'axis'"),
-    ("x / square_sum(x)", "x * square_sum(x)", "operator * vs /"),
-    ("x / square_sum(x)", "x / abs(x)", "Name abs vs weighted_square_sum"),
-    ("return width * height", "return width * height * 1", "BinOp"),
-    ("(self, width, height)", "(self, w, height)", "argument 'w' vs 'width'"),
-])
+@pytest.mark.parametrize(
+    "old, new, node",
+    [
+        ("jnp.sum(scale * x ** 2", "jnp.sum(scale * x ** 3", "Constant 3 vs 2"),
+        ("jnp.sum(scale * x ** 2", "jnp.sum(scale + x ** 2", "operator + vs *"),
+        ("jnp.sum(scale * x ** 2", "jnp.mean(scale * x ** 2", "Attribute jnp.mean vs jnp.sum"),
+        ("scale=2.0, *", "scale=2.5, *", "Constant 2.5 vs 2.0"),
+        ("scale=2.0, *", "scale=2, *", "Constant 2 vs 2.0"),  # an int is not a float
+        ("axis=axis)", "dim=axis)", "keyword 'dim' vs 'axis'"),
+        ("x / square_sum(x)", "x * square_sum(x)", "operator * vs /"),
+        ("x / square_sum(x)", "x / abs(x)", "Name abs vs weighted_square_sum"),
+        ("return width * height", "return width * height * 1", "BinOp"),
+        ("(self, width, height)", "(self, w, height)", "argument 'w' vs 'width'"),
+    ],
+)
 def test_a_change_of_behaviour_is_reported_at_its_line(twins, old, new, node):
     cells = [cell.replace(old, new, 1) for cell in CHAPTER_CELLS]
     assert cells != CHAPTER_CELLS
@@ -125,7 +132,7 @@ def test_a_change_of_behaviour_is_reported_at_its_line(twins, old, new, node):
     where, rest = problems[0].split(": ", 1)
     path, line = where.rsplit(":", 1)
     assert path.endswith("01_tiny.md")
-    assert new in lines[int(line) - 1]                              # the line of the change
+    assert new in lines[int(line) - 1]  # the line of the change
     assert " differs from twinlib_" in rest and node in rest, problems[0]
 
 
@@ -148,7 +155,7 @@ def test_check_fails_when_a_chapter_twin_drifts_from_diffbook(tmp_path, capsys):
     assert "# twin: diffbook.flow.cfm_loss" in md.read_text()
     assert tools.check(tmp_path) == 0, capsys.readouterr().out
     old, new = "xt = (1 - t_) * x0 + t_ * x1", "xt = (1 - t_) * x0 + 0.9 * t_ * x1"
-    md.write_text(md.read_text().replace(old, new))                 # the same edit in the pair:
+    md.write_text(md.read_text().replace(old, new))  # the same edit in the pair:
     ipynb.write_text(ipynb.read_text().replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1]))
     capsys.readouterr()
     assert tools.check(tmp_path) == 1
@@ -161,6 +168,7 @@ def test_check_fails_when_a_chapter_twin_drifts_from_diffbook(tmp_path, capsys):
 def test_normalise_keeps_what_bears_behaviour():
     tools = _tools()
     import ast
+
     source = textwrap.dedent('''
         def f(x: int, n=3) -> int:
             """doc"""

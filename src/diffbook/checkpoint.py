@@ -81,8 +81,10 @@ def restore(path, model: nnx.Module) -> nnx.Module:
     path = _as_path(path)
     _check_model(model)
     if path.is_dir():
-        raise IsADirectoryError(f"{str(path)!r} is a folder: for the checkpoints that train.fit "
-                                "writes there, use checkpoint.restore_training")
+        raise IsADirectoryError(
+            f"{str(path)!r} is a folder: for the checkpoints that train.fit "
+            "writes there, use checkpoint.restore_training"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     try:
@@ -106,10 +108,15 @@ def _load_into(model: nnx.Module, loaded: dict, what: str, ignore=()) -> None:
     if want != got:
         missing = sorted(set(want) - set(got))
         extra = sorted(set(got) - set(want))
-        shapes = sorted(f"{k}: file {got[k]} vs model {want[k]}"
-                        for k in set(want) & set(got) if want[k] != got[k])
-        raise ValueError(f"{what} does not match the model: "
-                         f"missing {missing[:3]}, unexpected {extra[:3]}, shapes {shapes[:3]}")
+        shapes = sorted(
+            f"{k}: file {got[k]} vs model {want[k]}"
+            for k in set(want) & set(got)
+            if want[k] != got[k]
+        )
+        raise ValueError(
+            f"{what} does not match the model: "
+            f"missing {missing[:3]}, unexpected {extra[:3]}, shapes {shapes[:3]}"
+        )
     nnx.replace_by_pure_dict(state, _only(loaded, set(want)))
     nnx.update(model, state)
 
@@ -129,6 +136,7 @@ def _only(tree: dict, names: set, prefix: str = "") -> dict:
 
 
 # Training runs: the Orbax checkpoints of train.fit.
+
 
 def _ocp():
     # Imported on first use: Orbax takes about a second to import, and only runs
@@ -156,8 +164,9 @@ class TrainingCheckpoints:
         ocp = _ocp()
         self.directory = _as_path(directory, "checkpoint_dir").resolve()
         options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_handlers=ocp.StandardCheckpointHandler())
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def latest_step(self) -> int:
         """The step of the newest checkpoint, or 0 if there is none."""
@@ -183,8 +192,10 @@ class TrainingCheckpoints:
           ``(state, loss)``: a pytree like ``like``, and the losses, shape ``(step,)``.
         """
         ocp = _ocp()
-        abstract = {"state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like),
-                    "loss": jax.ShapeDtypeStruct((step,), np.float32)}
+        abstract = {
+            "state": jax.tree.map(ocp.utils.to_shape_dtype_struct, like),
+            "loss": jax.ShapeDtypeStruct((step,), np.float32),
+        }
         restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return restored["state"], np.asarray(restored["loss"])
 
@@ -194,8 +205,9 @@ class TrainingCheckpoints:
         metadata = self._manager.item_metadata(step)
         tree = getattr(metadata, "tree", metadata)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                tree)
+        abstract = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree
+        )
         return self._manager.restore(step, args=_ocp().args.StandardRestore(abstract))
 
     def wait(self) -> None:
@@ -212,8 +224,9 @@ def _unwrap(tree):
     return tree
 
 
-def restore_training(directory, model: nnx.Module, ema: nnx.Module | None = None, *,
-                     step: int | None = None) -> int:
+def restore_training(
+    directory, model: nnx.Module, ema: nnx.Module | None = None, *, step: int | None = None
+) -> int:
     """Load a run of ``train.fit(..., checkpoint_dir=directory)`` into ``model`` (and ``ema``).
 
     Build the model as the run did (same architecture; its initial weights do not
@@ -250,8 +263,9 @@ def restore_training(directory, model: nnx.Module, ema: nnx.Module | None = None
     if step is None:
         step = max(steps)
     elif step not in steps:
-        raise FileNotFoundError(f"{str(path)!r} has no checkpoint at step {step}; "
-                                f"it has steps {steps}")
+        raise FileNotFoundError(
+            f"{str(path)!r} has no checkpoint at step {step}; it has steps {steps}"
+        )
     saved = _unwrap(run.restore_saved(step)["state"])
     # fit saves nnx.state((model, optimizer, ema)): keys "0", "1" and "2".
     rng_names = set(_describe(nnx.to_pure_dict(nnx.state(model, nnx.RngState))))

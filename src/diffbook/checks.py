@@ -39,8 +39,9 @@ def positive_int(value, name: str, *, allow_none: bool = False, minimum: int = 1
     return int(value)
 
 
-def finite_number(value, name: str, *, minimum: float | None = None,
-                  strictly: bool = False) -> float:
+def finite_number(
+    value, name: str, *, minimum: float | None = None, strictly: bool = False
+) -> float:
     """``value`` as a ``float`` if it is a finite real number (optionally bounded below).
 
     Args:

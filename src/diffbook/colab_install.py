@@ -77,8 +77,17 @@ def jax_requirement(hardware, version, cuda_major=None):
     return f"jax=={version}"
 
 
-def plan(hardware, jax_version, pins, *, jax_minimum=None, packages=(),
-         diffbook="diffbook", diffbook_installed=False, cuda_major=None):
+def plan(
+    hardware,
+    jax_version,
+    pins,
+    *,
+    jax_minimum=None,
+    packages=(),
+    diffbook="diffbook",
+    diffbook_installed=False,
+    cuda_major=None,
+):
     """What the install cell does: the arguments of one ``pip`` call, and a line saying so.
 
     Args:
@@ -119,17 +128,23 @@ def plan(hardware, jax_version, pins, *, jax_minimum=None, packages=(),
     others = [f"{name}=={pins[name]}" for name in (*ALWAYS_PINNED, *packages)]
     where = {"tpu": "TPU", "gpu": "NVIDIA GPU", "cpu": "CPU-only"}[hardware] + " runtime"
     if jax_version is not None and version_tuple(jax_version) >= version_tuple(minimum):
-        return (["install", "-q", *others, diffbook],
-                f"Installed diffbook, {', '.join(others)}; left jax {jax_version} alone "
-                f"(this {where} has it and diffbook needs jax>={minimum}).")
+        return (
+            ["install", "-q", *others, diffbook],
+            f"Installed diffbook, {', '.join(others)}; left jax {jax_version} alone "
+            f"(this {where} has it and diffbook needs jax>={minimum}).",
+        )
     jax = [jax_requirement(hardware, pin, cuda_major)]
     if hardware == "cpu" and "jaxlib" in pins:
         jax.append(f"jaxlib=={pins['jaxlib']}")
-    why = ("no JAX was installed" if jax_version is None
-           else f"jax {jax_version} was older than the jax>={minimum} diffbook needs")
-    return (["install", "-q", *jax, *others, diffbook],
-            f"Installed {' '.join(jax)} for this {where} ({why}), then diffbook, "
-            f"{', '.join(others)}.")
+    why = (
+        "no JAX was installed"
+        if jax_version is None
+        else f"jax {jax_version} was older than the jax>={minimum} diffbook needs"
+    )
+    return (
+        ["install", "-q", *jax, *others, diffbook],
+        f"Installed {' '.join(jax)} for this {where} ({why}), then diffbook, {', '.join(others)}.",
+    )
 
 
 def detect_hardware(*, environ=None, dev="/dev", path=None):
@@ -151,8 +166,9 @@ def detect_hardware(*, environ=None, dev="/dev", path=None):
         devices = os.listdir(dev)
     except OSError:
         devices = []
-    if (any(environ.get(k) for k in ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE"))
-            or any(re.fullmatch(r"accel\d+", name) for name in devices)):
+    if any(environ.get(k) for k in ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE")) or any(
+        re.fullmatch(r"accel\d+", name) for name in devices
+    ):
         return "tpu"
     if shutil.which("nvidia-smi", path=path) or "nvidia0" in devices:
         return "gpu"
@@ -206,16 +222,26 @@ def main(pins, *, repository, jax_minimum=None, packages=(), run=subprocess.run)
         jax_version = importlib.metadata.version("jax")
     except importlib.metadata.PackageNotFoundError:
         jax_version = None
-    args, message = plan(hardware, jax_version, pins, jax_minimum=jax_minimum,
-                         packages=packages, diffbook_installed=installed,
-                         diffbook=source if os.path.isdir(source) else f"diffbook @ {source}",
-                         cuda_major=driver_cuda_major() if hardware == "gpu" else None)
+    args, message = plan(
+        hardware,
+        jax_version,
+        pins,
+        jax_minimum=jax_minimum,
+        packages=packages,
+        diffbook_installed=installed,
+        diffbook=source if os.path.isdir(source) else f"diffbook @ {source}",
+        cuda_major=driver_cuda_major() if hardware == "gpu" else None,
+    )
     if args is not None:
         run([sys.executable, "-m", "pip", *args], check=True)
         if any(a.startswith("jax") for a in args) and "jax" in sys.modules:
-            message += (" JAX was imported before this cell: restart the runtime "
-                        "(Runtime > Restart session) and run the chapter again.")
+            message += (
+                " JAX was imported before this cell: restart the runtime "
+                "(Runtime > Restart session) and run the chapter again."
+            )
     print(message)
+
+
 # cell: end
 
 

@@ -88,8 +88,10 @@ def pick(recipe: dict, choice: str | None = None) -> Config:
         raise ValueError(f"recipe must have exactly the keys {CHOICES}, got {sorted(recipe)}")
     cpu, accelerator = recipe["cpu"], recipe["accelerator"]
     if set(cpu) != set(accelerator):
-        raise ValueError(f"recipe's cpu and accelerator configs need the same keys; "
-                         f"differing: {sorted(set(cpu) ^ set(accelerator))}")
+        raise ValueError(
+            f"recipe's cpu and accelerator configs need the same keys; "
+            f"differing: {sorted(set(cpu) ^ set(accelerator))}"
+        )
     choice = choice or os.environ.get("DIFFBOOK_CONFIG") or default_choice()
     checks.one_of(choice, "choice", CHOICES)
     return Config(choice, recipe[choice])
@@ -116,11 +118,13 @@ def accelerator_warning() -> str | None:
     name = {"tpu": "a TPU", "gpu": "an NVIDIA GPU"}[hardware]
     cuda = colab_install.driver_cuda_major() if hardware == "gpu" else None
     fix = colab_install.jax_requirement(hardware, jax.__version__, cuda)
-    return (f"WARNING: {name} is attached but JAX runs on the CPU, probably because JAX was "
-            f"upgraded after this Python had imported it, or without its {hardware.upper()} "
-            f"plugin. Fix: restart the runtime (Colab: Runtime > Restart session) and run the "
-            f"chapter from the top; if JAX still runs on the CPU, pip install \"{fix}\" "
-            f"and restart again.")
+    return (
+        f"WARNING: {name} is attached but JAX runs on the CPU, probably because JAX was "
+        f"upgraded after this Python had imported it, or without its {hardware.upper()} "
+        f"plugin. Fix: restart the runtime (Colab: Runtime > Restart session) and run the "
+        f'chapter from the top; if JAX still runs on the CPU, pip install "{fix}" '
+        f"and restart again."
+    )
 
 
 def describe(config: Config) -> str:
@@ -140,8 +144,10 @@ def describe(config: Config) -> str:
         raise TypeError(f"config must be a Config from config.pick, got {type(config).__name__}")
     devices = jax.devices()
     kind = devices[0].device_kind if devices[0].platform != "cpu" else "CPU"
-    line = (f"configuration {config.name!r} on {len(devices)} {jax.default_backend()} "
-            f"device{'s' if len(devices) > 1 else ''} ({kind})")
+    line = (
+        f"configuration {config.name!r} on {len(devices)} {jax.default_backend()} "
+        f"device{'s' if len(devices) > 1 else ''} ({kind})"
+    )
     warning = accelerator_warning()
     return line if warning is None else f"{warning}\n{line}"
 

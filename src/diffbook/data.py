@@ -51,7 +51,7 @@ def _held_out_mask() -> np.ndarray:
     held = np.zeros(len(labels), bool)
     for c in range(10):
         idx = np.flatnonzero(labels == c)
-        held[rng.permutation(idx)[:round(HELD_OUT_FRACTION * len(idx))]] = True
+        held[rng.permutation(idx)[: round(HELD_OUT_FRACTION * len(idx))]] = True
     held.setflags(write=False)
     return held
 
@@ -107,8 +107,15 @@ def load_digits(digit: int | None = None, *, split: str = "all") -> tuple[np.nda
     return images[idx], labels[idx]
 
 
-def check_images(images, *, name: str = "images", shape=None, low: float = -1.0,
-                 high: float = 1.0, tol: float = 1e-3) -> np.ndarray:
+def check_images(
+    images,
+    *,
+    name: str = "images",
+    shape=None,
+    low: float = -1.0,
+    high: float = 1.0,
+    tol: float = 1e-3,
+) -> np.ndarray:
     """Validate a batch of images and return it as a float32 NumPy array.
 
     Args:
@@ -145,5 +152,6 @@ def check_images(images, *, name: str = "images", shape=None, low: float = -1.0,
     if lo < low - tol or hi > high + tol:
         raise ValueError(
             f"{name} must lie in [{low}, {high}] (clip samples first), "
-            f"got values in [{lo:.3g}, {hi:.3g}]")
+            f"got values in [{lo:.3g}, {hi:.3g}]"
+        )
     return arr

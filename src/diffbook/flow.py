@@ -22,10 +22,28 @@ from .samplers import ode_solve
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
 RECIPE = {
-    "cpu": dict(digit=2, channels=(16, 32), batch_size=128, steps=800, peak_lr=2e-3,
-                warmup=50, ema_decay=0.995, rtol=1e-3, atol=1e-3),
-    "accelerator": dict(digit=2, channels=(64, 128), batch_size=512, steps=4000, peak_lr=1e-3,
-                        warmup=200, ema_decay=0.999, rtol=1e-4, atol=1e-4),
+    "cpu": dict(
+        digit=2,
+        channels=(16, 32),
+        batch_size=128,
+        steps=800,
+        peak_lr=2e-3,
+        warmup=50,
+        ema_decay=0.995,
+        rtol=1e-3,
+        atol=1e-3,
+    ),
+    "accelerator": dict(
+        digit=2,
+        channels=(64, 128),
+        batch_size=512,
+        steps=4000,
+        peak_lr=1e-3,
+        warmup=200,
+        ema_decay=0.999,
+        rtol=1e-4,
+        atol=1e-4,
+    ),
 }
 
 
@@ -71,7 +89,7 @@ def cfm_loss(model, x1: jax.Array, key: jax.Array) -> jax.Array:
     k_t, k_noise = jax.random.split(key)
     t = logit_normal(k_t, x1.shape[0])
     x0 = jax.random.normal(k_noise, x1.shape)
-    t_ = t.reshape((-1,) + (1,) * (x1.ndim - 1))   # (B, 1, 1, 1): broadcast over pixels
+    t_ = t.reshape((-1,) + (1,) * (x1.ndim - 1))  # (B, 1, 1, 1): broadcast over pixels
     xt = (1 - t_) * x0 + t_ * x1
     return jnp.mean((model(xt, t) - (x1 - x0)) ** 2)
 

@@ -51,14 +51,16 @@ def check_scale(scale):
       ValueError: if it is a negative, infinite or NaN number.
     """
     if callable(scale) or isinstance(scale, jax.core.Tracer):
-        return scale   # a schedule, or a value traced under jit: checked by its caller
+        return scale  # a schedule, or a value traced under jit: checked by its caller
     return finite_number(scale, "scale", minimum=0.0)
 
 
 def _check_condition(model, cond) -> tuple:
     if not callable(getattr(model, "null_condition", None)):
-        raise TypeError(f"model must define null_condition(*cond) for classifier-free "
-                        f"guidance; {type(model).__name__} does not")
+        raise TypeError(
+            f"model must define null_condition(*cond) for classifier-free "
+            f"guidance; {type(model).__name__} does not"
+        )
     if not isinstance(cond, (tuple, list)) or not cond:
         raise TypeError(f"cond must be a non-empty tuple of arrays, got {type(cond).__name__}")
     return tuple(jnp.asarray(c) for c in cond)
@@ -66,12 +68,21 @@ def _check_condition(model, cond) -> tuple:
 
 def _where_kept(keep, cond, null) -> tuple:
     """Per example, the condition where ``keep`` (shape (B,)) and the null one elsewhere."""
-    return tuple(jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, n)
-                 for c, n in zip(cond, null, strict=True))
+    return tuple(
+        jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, n)
+        for c, n in zip(cond, null, strict=True)
+    )
 
 
-def cfg_loss(schedule: NoiseSchedule, model, batch, key: jax.Array, *, p_uncond: float = 0.1,
-             prediction: str = "epsilon") -> jax.Array:
+def cfg_loss(
+    schedule: NoiseSchedule,
+    model,
+    batch,
+    key: jax.Array,
+    *,
+    p_uncond: float = 0.1,
+    prediction: str = "epsilon",
+) -> jax.Array:
     """The diffusion loss with *condition dropout*.
 
     Each example's condition is replaced by the model's null condition with
@@ -101,14 +112,16 @@ def cfg_loss(schedule: NoiseSchedule, model, batch, key: jax.Array, *, p_uncond:
     k_drop, k_loss = jax.random.split(key)
     keep = jax.random.uniform(k_drop, (x0.shape[0],)) >= p_uncond
     cond = _where_kept(keep, cond, model.null_condition(*cond))
-    return diffusion_loss(schedule, lambda x, u: model(x, u, *cond), x0, k_loss,
-                          prediction=prediction)
+    return diffusion_loss(
+        schedule, lambda x, u: model(x, u, *cond), x0, k_loss, prediction=prediction
+    )
 
 
 def _guided(model, cond, scale):
     """:func:`guided_model_fn` without the checks (``scale`` may be traced)."""
-    both = tuple(jnp.concatenate([c, n]) for c, n in zip(cond, model.null_condition(*cond),
-                                                          strict=True))
+    both = tuple(
+        jnp.concatenate([c, n]) for c, n in zip(cond, model.null_condition(*cond), strict=True)
+    )
 
     def model_fn(x, u):
         n = x.shape[0]
@@ -144,8 +157,17 @@ def guided_model_fn(model, cond, scale) -> Callable:
     return _guided(model, _check_condition(model, cond), check_scale(scale))
 
 
-def guided_sample(schedule: NoiseSchedule, model, cond, x_T: jax.Array,
-                  key: jax.Array | None = None, *, scale, sampler: str = "ddim", **options):
+def guided_sample(
+    schedule: NoiseSchedule,
+    model,
+    cond,
+    x_T: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    scale,
+    sampler: str = "ddim",
+    **options,
+):
     """Sample with classifier-free guidance using any sampler of
     :data:`diffbook.samplers.SAMPLERS`.
 
@@ -194,13 +216,13 @@ class GuidedSampler:
       ValueError: for an unknown ``sampler``.
     """
 
-    def __init__(self, schedule: NoiseSchedule, *, sampler: str = "ddim", clip_x0: bool = True,
-                 **options):
+    def __init__(
+        self, schedule: NoiseSchedule, *, sampler: str = "ddim", clip_x0: bool = True, **options
+    ):
         if sampler not in samplers.SAMPLERS:
-            raise ValueError(f"sampler must be one of {tuple(samplers.SAMPLERS)}, "
-                             f"got {sampler!r}")
+            raise ValueError(f"sampler must be one of {tuple(samplers.SAMPLERS)}, got {sampler!r}")
         if sampler == "ddim" and options.get("steps") is not None:
-            samplers.ddim_timesteps(schedule.num_timesteps, options["steps"])   # checks steps
+            samplers.ddim_timesteps(schedule.num_timesteps, options["steps"])  # checks steps
         self.schedule, self.sampler = schedule, sampler
 
         def run(model, cond, x_T, key, scale):
@@ -229,7 +251,9 @@ class GuidedSampler:
         scale = finite_number(scale, "scale", minimum=0.0)
         cond = _check_condition(model, cond)
         if any(c.shape[0] != x_T.shape[0] for c in cond):
-            raise ValueError(f"cond's arrays must have x_T's batch size {x_T.shape[0]}, got "
-                             f"shapes {[c.shape for c in cond]}")
+            raise ValueError(
+                f"cond's arrays must have x_T's batch size {x_T.shape[0]}, got "
+                f"shapes {[c.shape for c in cond]}"
+            )
         key = jax.random.key(0) if key is None else key
         return self._run(model, cond, x_T, key, jnp.float32(scale))

@@ -107,8 +107,9 @@ def total_variation(p, q) -> float:
     """
     p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
     if p.shape != q.shape or p.ndim != 1:
-        raise ValueError(f"p and q must be 1-D histograms of the same length, "
-                         f"got {p.shape} and {q.shape}")
+        raise ValueError(
+            f"p and q must be 1-D histograms of the same length, got {p.shape} and {q.shape}"
+        )
     return float(0.5 * np.abs(p - q).sum())
 
 
@@ -180,8 +181,9 @@ def frechet_distance(feats_a, feats_b) -> float:
         if x.ndim != 2 or x.shape[0] < 2:
             raise ValueError(f"{name} must have shape (N >= 2, D), got {x.shape}")
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feats_a and feats_b need the same width, "
-                         f"got {a.shape[1]} and {b.shape[1]}")
+        raise ValueError(
+            f"feats_a and feats_b need the same width, got {a.shape[1]} and {b.shape[1]}"
+        )
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     covmean = linalg.sqrtm(cov_a @ cov_b)
@@ -260,8 +262,10 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
     n = len(held)
     if len(samples) < n:
         which = "all digits" if digit is None else f"digit {digit}"
-        raise ValueError(f"samples needs at least {n} images for {which} (the number of "
-                         f"held-out images), got {len(samples)}")
+        raise ValueError(
+            f"samples needs at least {n} images for {which} (the number of "
+            f"held-out images), got {len(samples)}"
+        )
 
     rng = np.random.default_rng(seed)
     train_f, held_f, samp_f = digit_features(train), digit_features(held), digit_features(samples)
@@ -271,8 +275,8 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
     fd, fd_gen, fd_mem, tv, tv_gen, tv_mem = ([] for _ in range(6))
     for _ in range(repeats):
         s = rng.choice(len(samples), size=n, replace=False)
-        g = rng.choice(len(train), size=n, replace=False)   # real images unseen by the judge
-        m = rng.choice(len(train), size=n, replace=True)    # a memoriser replays at random
+        g = rng.choice(len(train), size=n, replace=False)  # real images unseen by the judge
+        m = rng.choice(len(train), size=n, replace=True)  # a memoriser replays at random
         fd.append(frechet_distance(samp_f[s], held_f))
         fd_gen.append(frechet_distance(train_f[g], held_f))
         fd_mem.append(frechet_distance(train_f[m], held_f))
@@ -285,22 +289,34 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
     d_samples = nearest_distances(samples, train)
     d_held = nearest_distances(held, train)
     threshold = np.quantile(d_held, COPY_QUANTILE)
-    out = {"digit": digit, "n_samples": int(len(samples)), "n_held_out": int(n),
-           "nn_ratio": float(np.median(d_samples) / np.median(d_held)),
-           "nn_ratio_gen": 1.0, "nn_ratio_mem": 0.0,
-           "copies": float(np.mean(d_samples < threshold)),
-           "copies_gen": float(np.mean(d_held < threshold)), "copies_mem": 1.0,
-           "fd": float(np.mean(fd)),
-           "fd_gen": float(np.mean(fd_gen)), "fd_mem": float(np.mean(fd_mem)),
-           "fd_ratio": float(np.mean(fd) / np.mean(fd_gen))}
+    out = {
+        "digit": digit,
+        "n_samples": int(len(samples)),
+        "n_held_out": int(n),
+        "nn_ratio": float(np.median(d_samples) / np.median(d_held)),
+        "nn_ratio_gen": 1.0,
+        "nn_ratio_mem": 0.0,
+        "copies": float(np.mean(d_samples < threshold)),
+        "copies_gen": float(np.mean(d_held < threshold)),
+        "copies_mem": 1.0,
+        "fd": float(np.mean(fd)),
+        "fd_gen": float(np.mean(fd_gen)),
+        "fd_mem": float(np.mean(fd_mem)),
+        "fd_ratio": float(np.mean(fd) / np.mean(fd_gen)),
+    }
     if digit is None:
-        out.update(class_tv=float(np.mean(tv)), class_tv_gen=float(np.mean(tv_gen)),
-                   class_tv_mem=float(np.mean(tv_mem)),
-                   class_hist=[round(float(f), 4) for f in class_histogram(samp_classes)])
+        out.update(
+            class_tv=float(np.mean(tv)),
+            class_tv_gen=float(np.mean(tv_gen)),
+            class_tv_mem=float(np.mean(tv_mem)),
+            class_hist=[round(float(f), 4) for f in class_histogram(samp_classes)],
+        )
     else:
-        out.update(recognised=float(np.mean(samp_classes == digit)),
-                   recognised_gen=float(np.mean(held_classes == digit)),
-                   recognised_mem=float(np.mean(train_classes == digit)))
+        out.update(
+            recognised=float(np.mean(samp_classes == digit)),
+            recognised_gen=float(np.mean(held_classes == digit)),
+            recognised_mem=float(np.mean(train_classes == digit)),
+        )
     return out
 
 
@@ -320,6 +336,7 @@ def format_quality(q: dict) -> str:
     Raises:
       KeyError: if ``q`` lacks a figure (it is not from :func:`digit_quality`).
     """
+
     def row(label, key, fmt):
         return (label, *(format(q[k], fmt) for k in (key, f"{key}_gen", f"{key}_mem")))
 
@@ -424,18 +441,23 @@ def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict
     if x.shape[1] != x.shape[2] or x.shape[3] != 3:
         raise ValueError(f"samples must have shape (M, R, R, 3), got {x.shape}")
     if train.shape[1:] != x.shape[1:]:
-        raise ValueError(f"train_images must have per-image shape {x.shape[1:]} like samples, "
-                         f"got {train.shape[1:]}")
+        raise ValueError(
+            f"train_images must have per-image shape {x.shape[1:]} like samples, "
+            f"got {train.shape[1:]}"
+        )
     labels = np.asarray(sample_labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise TypeError(f"sample_labels must be integers, got dtype {labels.dtype}")
     if labels.shape != (len(x),):
-        raise ValueError(f"sample_labels must have shape ({len(x)},) to match samples, "
-                         f"got {labels.shape}")
+        raise ValueError(
+            f"sample_labels must have shape ({len(x)},) to match samples, got {labels.shape}"
+        )
     n_train = len(train)
     if labels.min() < 0 or labels.max() >= n_train:
-        raise ValueError(f"sample_labels must index train_images (0..{n_train - 1}), "
-                         f"got values in {labels.min()}..{labels.max()}")
+        raise ValueError(
+            f"sample_labels must index train_images (0..{n_train - 1}), "
+            f"got values in {labels.min()}..{labels.max()}"
+        )
     k = positive_int(k, "k")
     if k > n_train:
         raise ValueError(f"k must be at most {n_train} (the number of training images), got {k}")
@@ -443,13 +465,13 @@ def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict
         raise ValueError("train_images must hold at least 2 images")
 
     f_train = fidelity_features(train)
-    centre = f_train.mean(axis=0)                 # centring keeps |a|^2 + |b|^2 - 2ab accurate
+    centre = f_train.mean(axis=0)  # centring keeps |a|^2 + |b|^2 - 2ab accurate
     f_train -= centre
     f_x = fidelity_features(x) - centre
 
-    d2 = _squared_distances(f_x, f_train)                         # (M, N)
+    d2 = _squared_distances(f_x, f_train)  # (M, N)
     own = d2[np.arange(len(x)), labels]
-    closer = (d2 < own[:, None] - 1e-12).sum(axis=1)              # rank of the own emoji
+    closer = (d2 < own[:, None] - 1e-12).sum(axis=1)  # rank of the own emoji
     nn_distance = float(np.median(np.sqrt(d2.min(axis=1))))
     train_spacing = float(np.median(nearest_distances(f_train, f_train, exclude_self=True)))
 

@@ -90,8 +90,9 @@ class GaussianMixture1D:
 
     def _component_logpdf(self, x) -> jax.Array:
         x = jnp.asarray(x, jnp.float32)[..., None]
-        return jnp.log(jnp.asarray(self.weights)) + norm.logpdf(x, jnp.asarray(self.means),
-                                                                  jnp.asarray(self.stds))
+        return jnp.log(jnp.asarray(self.weights)) + norm.logpdf(
+            x, jnp.asarray(self.means), jnp.asarray(self.stds)
+        )
 
     def log_prob(self, x) -> jax.Array:
         """Log-density.
@@ -138,8 +139,11 @@ class GaussianMixture1D:
           ``P(X <= x)``, the shape of ``x``.
         """
         x = jnp.asarray(x, jnp.float32)[..., None]
-        return jnp.sum(jnp.asarray(self.weights) * norm.cdf(x, jnp.asarray(self.means),
-                                                              jnp.asarray(self.stds)), axis=-1)
+        return jnp.sum(
+            jnp.asarray(self.weights)
+            * norm.cdf(x, jnp.asarray(self.means), jnp.asarray(self.stds)),
+            axis=-1,
+        )
 
     def affine(self, scale: float, shift: float) -> GaussianMixture1D:
         """The distribution of ``scale * x + shift``.
@@ -157,8 +161,11 @@ class GaussianMixture1D:
         """
         scale = checks.finite_number(scale, "scale", minimum=0.0, strictly=True)
         shift = checks.finite_number(shift, "shift")
-        return GaussianMixture1D(self.weights, tuple(scale * m + shift for m in self.means),
-                                 tuple(scale * s for s in self.stds))
+        return GaussianMixture1D(
+            self.weights,
+            tuple(scale * m + shift for m in self.means),
+            tuple(scale * s for s in self.stds),
+        )
 
     def noised(self, alpha_bar: float) -> GaussianMixture1D:
         """The law of ``sqrt(ab) x0 + sqrt(1 - ab) eps``, the forward process exactly.
@@ -177,8 +184,11 @@ class GaussianMixture1D:
         ab = float(alpha_bar)
         if not 0.0 < ab <= 1.0:
             raise ValueError(f"alpha_bar must lie in (0, 1], got {alpha_bar}")
-        return GaussianMixture1D(self.weights, tuple(np.sqrt(ab) * m for m in self.means),
-                                 tuple(np.sqrt(ab * s**2 + 1.0 - ab) for s in self.stds))
+        return GaussianMixture1D(
+            self.weights,
+            tuple(np.sqrt(ab) * m for m in self.means),
+            tuple(np.sqrt(ab * s**2 + 1.0 - ab) for s in self.stds),
+        )
 
     def noised_score(self, x, alpha_bar) -> jax.Array:
         """The exact score of :meth:`noised` at ``x``, for an array ``alpha_bar``.
@@ -309,9 +319,14 @@ def quality(mixture: GaussianMixture1D, samples) -> dict:
     weights = mode_weights(mixture, x)
     w1 = wasserstein1(mixture, x)
     ref = w1_reference(mixture, x.size)
-    return {"n_samples": int(x.size), "mode_weights": [round(float(w), 4) for w in weights],
-            "weight_error": float(np.max(np.abs(weights - np.asarray(mixture.weights)))),
-            "w1": w1, "w1_ref": ref, "w1_ratio": w1 / ref}
+    return {
+        "n_samples": int(x.size),
+        "mode_weights": [round(float(w), 4) for w in weights],
+        "weight_error": float(np.max(np.abs(weights - np.asarray(mixture.weights)))),
+        "w1": w1,
+        "w1_ref": ref,
+        "w1_ratio": w1 / ref,
+    }
 
 
 # ---------------------------------------------------------------------- model
@@ -319,9 +334,11 @@ class _Block(nnx.Module):
     """Pre-norm residual MLP block, with the time embedding added to its hidden layer."""
 
     def __init__(self, width: int, emb_dim: int, norm: str, *, rngs: nnx.Rngs):
-        self.norm = {"layer": lambda: nnx.LayerNorm(width, rngs=rngs),
-                     "batch": lambda: nnx.BatchNorm(width, rngs=rngs),
-                     "none": lambda: None}[norm]()
+        self.norm = {
+            "layer": lambda: nnx.LayerNorm(width, rngs=rngs),
+            "batch": lambda: nnx.BatchNorm(width, rngs=rngs),
+            "none": lambda: None,
+        }[norm]()
         self.fc1 = nnx.Linear(width, width, rngs=rngs)
         self.emb = nnx.Linear(emb_dim, width, rngs=rngs)
         self.fc2 = nnx.Linear(width, width, rngs=rngs)
@@ -352,8 +369,16 @@ class MixtureMLP(nnx.Module):
       ValueError: if one of them is below 1, or ``norm`` is not one of the three.
     """
 
-    def __init__(self, width: int = 128, depth: int = 3, emb_dim: int = 32, *,
-                 norm: str = "none", time_embedding: bool = True, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        width: int = 128,
+        depth: int = 3,
+        emb_dim: int = 32,
+        *,
+        norm: str = "none",
+        time_embedding: bool = True,
+        rngs: nnx.Rngs,
+    ):
         width = checks.positive_int(width, "width")
         depth = checks.positive_int(depth, "depth")
         emb_dim = checks.positive_int(emb_dim, "emb_dim")
@@ -391,12 +416,32 @@ class MixtureMLP(nnx.Module):
 #: to ``ema_decay``, so that short runs are not judged by an average still full of
 #: the random initial weights.
 RECIPE = {
-    "cpu": dict(width=64, depth=3, batch_size=1024, steps=8000, peak_lr=2e-3, warmup=100,
-                ema_decay=0.999, ema_warmup=True, schedule="linear", num_timesteps=1000,
-                num_data=2**16),
-    "accelerator": dict(width=128, depth=3, batch_size=8192, steps=8000, peak_lr=2e-3,
-                        warmup=200, ema_decay=0.999, ema_warmup=True, schedule="linear",
-                        num_timesteps=1000, num_data=2**18),
+    "cpu": dict(
+        width=64,
+        depth=3,
+        batch_size=1024,
+        steps=8000,
+        peak_lr=2e-3,
+        warmup=100,
+        ema_decay=0.999,
+        ema_warmup=True,
+        schedule="linear",
+        num_timesteps=1000,
+        num_data=2**16,
+    ),
+    "accelerator": dict(
+        width=128,
+        depth=3,
+        batch_size=8192,
+        steps=8000,
+        peak_lr=2e-3,
+        warmup=200,
+        ema_decay=0.999,
+        ema_warmup=True,
+        schedule="linear",
+        num_timesteps=1000,
+        num_data=2**18,
+    ),
 }
 
 
@@ -470,7 +515,8 @@ def oracle_net(schedule: NoiseSchedule, mix: GaussianMixture1D = STANDARD):
 def make_schedule(cfg) -> NoiseSchedule:
     """The recipe's noise schedule."""
     return {"cosine": NoiseSchedule.cosine, "linear": NoiseSchedule.linear}[cfg.schedule](
-        cfg.num_timesteps)
+        cfg.num_timesteps
+    )
 
 
 def make_data(cfg, key: jax.Array) -> jax.Array:
@@ -489,8 +535,16 @@ def make_model(cfg, seed: int = 0, **options) -> MixtureMLP:
 SAMPLER_OPTIONS = {"ddim": {"steps": 50}, "sde": {"steps": 1000}}
 
 
-def draw(name: str, schedule: NoiseSchedule, net, key: jax.Array, n: int, *,
-         prediction: str = "v", **options):
+def draw(
+    name: str,
+    schedule: NoiseSchedule,
+    net,
+    key: jax.Array,
+    n: int,
+    *,
+    prediction: str = "v",
+    **options,
+):
     """``n`` samples of the chapter's 1-D model with the sampler called ``name``.
 
     :func:`diffbook.samplers.sample` with shape ``(n, 1)``, no clipping (the

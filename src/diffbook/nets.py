@@ -20,8 +20,9 @@ from flax import nnx
 from . import checks
 
 
-def sinusoidal_embedding(t: jax.Array, dim: int, *, max_period: float = 10_000.0,
-                         scale: float = 1000.0) -> jax.Array:
+def sinusoidal_embedding(
+    t: jax.Array, dim: int, *, max_period: float = 10_000.0, scale: float = 1000.0
+) -> jax.Array:
     """Sine/cosine features of a scalar time per example, shape ``(B,)`` -> ``(B, dim)``.
 
     ``t`` is multiplied by ``scale`` first, so times in ``[0, 1]`` cover the
@@ -85,8 +86,9 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, channels: int, *, num_heads: int = 4, rngs: nnx.Rngs):
         self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(num_heads=num_heads, in_features=channels,
-                                           decode=False, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(
+            num_heads=num_heads, in_features=channels, decode=False, rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
@@ -104,8 +106,13 @@ class CrossAttention(nnx.Module):
 
     def __init__(self, channels: int, context_dim: int, *, num_heads: int = 4, rngs: nnx.Rngs):
         self.norm = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(num_heads=num_heads, in_features=channels,
-                                           in_kv_features=context_dim, decode=False, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(
+            num_heads=num_heads,
+            in_features=channels,
+            in_kv_features=context_dim,
+            decode=False,
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
@@ -125,8 +132,16 @@ class TextEncoder(nnx.Module):
     to: the model learns that "start alone" means "no prompt".
     """
 
-    def __init__(self, vocab_size: int, dim: int = 64, *, max_len: int = 16, layers: int = 2,
-                 num_heads: int = 4, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 64,
+        *,
+        max_len: int = 16,
+        layers: int = 2,
+        num_heads: int = 4,
+        rngs: nnx.Rngs,
+    ):
         vocab_size = checks.positive_int(vocab_size, "vocab_size", minimum=2)
         max_len = checks.positive_int(max_len, "max_len")
         self.max_len = max_len
@@ -134,29 +149,44 @@ class TextEncoder(nnx.Module):
         self.start = nnx.Param(jax.random.normal(rngs.params(), (dim,)) * 0.02)
         self.position = nnx.Param(jax.random.normal(rngs.params(), (max_len + 1, dim)) * 0.02)
         self.attn_norms = nnx.List([nnx.LayerNorm(dim, rngs=rngs) for _ in range(layers)])
-        self.attns = nnx.List([nnx.MultiHeadAttention(num_heads=num_heads, in_features=dim,
-                                                      decode=False, rngs=rngs)
-                               for _ in range(layers)])
+        self.attns = nnx.List(
+            [
+                nnx.MultiHeadAttention(
+                    num_heads=num_heads, in_features=dim, decode=False, rngs=rngs
+                )
+                for _ in range(layers)
+            ]
+        )
         self.mlp_norms = nnx.List([nnx.LayerNorm(dim, rngs=rngs) for _ in range(layers)])
-        self.mlps = nnx.List([nnx.Sequential(nnx.Linear(dim, 2 * dim, rngs=rngs), nnx.gelu,
-                                             nnx.Linear(2 * dim, dim, rngs=rngs))
-                              for _ in range(layers)])
+        self.mlps = nnx.List(
+            [
+                nnx.Sequential(
+                    nnx.Linear(dim, 2 * dim, rngs=rngs),
+                    nnx.gelu,
+                    nnx.Linear(2 * dim, dim, rngs=rngs),
+                )
+                for _ in range(layers)
+            ]
+        )
         self.out_norm = nnx.LayerNorm(dim, rngs=rngs)
 
     def __call__(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         if tokens.ndim != 2 or tokens.shape != mask.shape:
-            raise ValueError(f"tokens and mask must both have shape (B, L), got {tokens.shape} "
-                             f"and {mask.shape}")
+            raise ValueError(
+                f"tokens and mask must both have shape (B, L), got {tokens.shape} and {mask.shape}"
+            )
         if tokens.shape[1] > self.max_len:
-            raise ValueError(f"tokens may have at most max_len={self.max_len} positions, "
-                             f"got {tokens.shape[1]}")
+            raise ValueError(
+                f"tokens may have at most max_len={self.max_len} positions, got {tokens.shape[1]}"
+            )
         b, n = tokens.shape
         start = jnp.broadcast_to(self.start[...], (b, 1, self.start.shape[-1]))
         h = jnp.concatenate([start, self.embed(tokens)], axis=1) + self.position[: n + 1]
         mask = jnp.concatenate([jnp.ones((b, 1), bool), mask.astype(bool)], axis=1)
         pair_mask = mask[:, None, None, :]  # padding is never attended to
-        for norm, attn, mlp_norm, mlp in zip(self.attn_norms, self.attns, self.mlp_norms,
-                                             self.mlps):
+        for norm, attn, mlp_norm, mlp in zip(
+            self.attn_norms, self.attns, self.mlp_norms, self.mlps, strict=True
+        ):
             h = h + attn(norm(h), mask=pair_mask)
             h = h + mlp(mlp_norm(h))
         return self.out_norm(h), mask
@@ -184,10 +214,18 @@ class UNet(nnx.Module):
     The output layer starts at zero, so an untrained model predicts zeros.
     """
 
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64), *,
-                 emb_dim: int = 64, attention: bool = True, out_channels: int | None = None,
-                 context_dim: int | None = None,
-                 cross_attention_levels: Sequence[int] | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: Sequence[int] = (32, 64),
+        *,
+        emb_dim: int = 64,
+        attention: bool = True,
+        out_channels: int | None = None,
+        context_dim: int | None = None,
+        cross_attention_levels: Sequence[int] | None = None,
+        rngs: nnx.Rngs,
+    ):
         channels = tuple(channels)
         if not channels:
             raise ValueError("channels must be a non-empty sequence of positive ints, got ()")
@@ -201,45 +239,69 @@ class UNet(nnx.Module):
         self.time = TimeEmbedding(emb_dim, rngs=rngs)
         self.stem = nnx.Conv(in_channels, channels[0], (3, 3), rngs=rngs)
         # Encoder: one ResBlock per level; a strided conv between levels.
-        self.down = nnx.List([
-            ResBlock(channels[max(i - 1, 0)], c, emb_dim, rngs=rngs) for i, c in enumerate(channels)
-        ])
-        self.pool = nnx.List([
-            nnx.Conv(c, c, (3, 3), strides=(2, 2), rngs=rngs) for c in channels[:-1]
-        ])
+        self.down = nnx.List(
+            [
+                ResBlock(channels[max(i - 1, 0)], c, emb_dim, rngs=rngs)
+                for i, c in enumerate(channels)
+            ]
+        )
+        self.pool = nnx.List(
+            [nnx.Conv(c, c, (3, 3), strides=(2, 2), rngs=rngs) for c in channels[:-1]]
+        )
         self.mid = ResBlock(channels[-1], channels[-1], emb_dim, rngs=rngs)
         self.attn = SelfAttention(channels[-1], rngs=rngs) if attention else None
         # Decoder: concatenates the encoder's feature map of the same level.
-        self.up = nnx.List([
-            ResBlock(channels[i] + (channels[i + 1] if i + 1 < len(channels) else channels[i]),
-                     channels[i], emb_dim, rngs=rngs)
-            for i in reversed(range(len(channels)))
-        ])
+        self.up = nnx.List(
+            [
+                ResBlock(
+                    channels[i] + (channels[i + 1] if i + 1 < len(channels) else channels[i]),
+                    channels[i],
+                    emb_dim,
+                    rngs=rngs,
+                )
+                for i in reversed(range(len(channels)))
+            ]
+        )
         self.context_dim = context_dim
         if context_dim is None:
             self.cross_levels = ()
         else:
-            levels = (range(1, len(channels)) if cross_attention_levels is None
-                      else cross_attention_levels)
+            levels = (
+                range(1, len(channels))
+                if cross_attention_levels is None
+                else cross_attention_levels
+            )
             self.cross_levels = tuple(sorted(int(i) for i in levels))
             if any(not 0 <= i < len(channels) for i in self.cross_levels):
-                raise ValueError(f"cross_attention_levels must lie in 0..{len(channels) - 1}, "
-                                 f"got {cross_attention_levels}")
+                raise ValueError(
+                    f"cross_attention_levels must lie in 0..{len(channels) - 1}, "
+                    f"got {cross_attention_levels}"
+                )
             self.context_to_emb = nnx.Linear(context_dim, emb_dim, rngs=rngs)
-            self.cross_down = nnx.List([CrossAttention(channels[i], context_dim, rngs=rngs)
-                                        for i in self.cross_levels])
+            self.cross_down = nnx.List(
+                [CrossAttention(channels[i], context_dim, rngs=rngs) for i in self.cross_levels]
+            )
             self.cross_mid = CrossAttention(channels[-1], context_dim, rngs=rngs)
-            self.cross_up = nnx.List([CrossAttention(channels[i], context_dim, rngs=rngs)
-                                      for i in self.cross_levels])
+            self.cross_up = nnx.List(
+                [CrossAttention(channels[i], context_dim, rngs=rngs) for i in self.cross_levels]
+            )
         self.out_norm = nnx.GroupNorm(channels[0], num_groups=_groups(channels[0]), rngs=rngs)
-        self.out = nnx.Conv(channels[0], out_channels, (3, 3), kernel_init=nnx.initializers.zeros,
-                            rngs=rngs)
+        self.out = nnx.Conv(
+            channels[0], out_channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
 
-    def __call__(self, x: jax.Array, t: jax.Array, context: jax.Array | None = None,
-                 context_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
         if (context is None) != (self.context_dim is None):
-            raise ValueError("context must be given exactly when the U-Net was built with "
-                             f"context_dim (context_dim={self.context_dim})")
+            raise ValueError(
+                "context must be given exactly when the U-Net was built with "
+                f"context_dim (context_dim={self.context_dim})"
+            )
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must have shape (B, H, W, {self.in_channels}), got {x.shape}")
         factor = 2 ** (self.levels - 1)
@@ -255,7 +317,7 @@ class UNet(nnx.Module):
             weights = context_mask.astype(context.dtype)[..., None]
             pooled = (context * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
             emb = emb + self.context_to_emb(pooled)
-        cross = dict(zip(self.cross_levels, range(len(self.cross_levels))))
+        cross = dict(zip(self.cross_levels, range(len(self.cross_levels)), strict=True))
         h = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):
@@ -336,15 +398,23 @@ class TextToImage(nnx.Module):
       rngs: ``nnx.Rngs`` for the initial parameters.
     """
 
-    def __init__(self, vocab_size: int, *, max_len: int = 8, text_dim: int = 64,
-                 text_layers: int = 2, channels: Sequence[int] = (16, 32, 64),
-                 emb_dim: int = 64, rngs: nnx.Rngs):
-        self.text = TextEncoder(vocab_size, text_dim, max_len=max_len, layers=text_layers,
-                                rngs=rngs)
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        max_len: int = 8,
+        text_dim: int = 64,
+        text_layers: int = 2,
+        channels: Sequence[int] = (16, 32, 64),
+        emb_dim: int = 64,
+        rngs: nnx.Rngs,
+    ):
+        self.text = TextEncoder(
+            vocab_size, text_dim, max_len=max_len, layers=text_layers, rngs=rngs
+        )
         self.unet = UNet(3, channels, emb_dim=emb_dim, context_dim=text_dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array, u: jax.Array, tokens: jax.Array,
-                 mask: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, u: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         """The network's prediction for noisy images under a prompt.
 
         Args:

@@ -8,8 +8,16 @@ import numpy as np
 from . import checks
 
 
-def image_grid(images, *, ncols: int = 8, title: str | None = None, size: float = 0.6,
-               row_labels=None, col_labels=None, ax=None):
+def image_grid(
+    images,
+    *,
+    ncols: int = 8,
+    title: str | None = None,
+    size: float = 0.6,
+    row_labels=None,
+    col_labels=None,
+    ax=None,
+):
     """Show a batch of images as one grid, row by row.
 
     Grey-scale for one channel, RGB for three; values outside ``[-1, 1]`` are
@@ -41,13 +49,18 @@ def image_grid(images, *, ncols: int = 8, title: str | None = None, size: float 
     canvas = np.ones((nrows * (h + pad) - pad, ncols * (w + pad) - pad, c), np.float32)
     for i, img in enumerate(np.clip((images + 1) / 2, 0, 1)):
         r, col = divmod(i, ncols)
-        canvas[r * (h + pad):r * (h + pad) + h, col * (w + pad):col * (w + pad) + w] = img
+        canvas[r * (h + pad) : r * (h + pad) + h, col * (w + pad) : col * (w + pad) + w] = img
     if ax is None:
         fig, ax = plt.subplots(figsize=(size * ncols, size * nrows))
     else:
         fig = ax.figure
-    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None,
-              vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(
+        canvas[..., 0] if c == 1 else canvas,
+        cmap="gray" if c == 1 else None,
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     if row_labels is not None:
@@ -81,7 +94,7 @@ def loss_curve(losses, *, smooth: int = 25, ax=None, label: str | None = None):
     losses = np.asarray(losses, np.float64)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3))
-    line, = ax.plot(losses, alpha=0.25)
+    (line,) = ax.plot(losses, alpha=0.25)
     if len(losses) >= smooth > 1:
         mean = np.convolve(losses, np.ones(smooth) / smooth, mode="valid")
         ax.plot(np.arange(smooth - 1, len(losses)), mean, color=line.get_color(), label=label)

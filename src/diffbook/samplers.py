@@ -38,14 +38,28 @@ from .schedules import PREDICTIONS, NoiseSchedule, split_prediction
 # Velocity evaluations per attempted step.  Tsit5 and Dopri5 are "first same as
 # last": a step reuses the previous step's final evaluation, so they cost one
 # evaluation at the start plus six per step.
-_EVALS_PER_STEP = {"Euler": (1, 0), "Heun": (2, 0), "Midpoint": (2, 0), "Tsit5": (6, 1),
-                   "Dopri5": (6, 1)}
+_EVALS_PER_STEP = {
+    "Euler": (1, 0),
+    "Heun": (2, 0),
+    "Midpoint": (2, 0),
+    "Tsit5": (6, 1),
+    "Dopri5": (6, 1),
+}
 _ADAPTIVE = ("Heun", "Tsit5", "Dopri5")  # those with an embedded error estimate
 
 
-def ode_solve(velocity: Callable, x: jax.Array, *, t0: float = 0.0, t1: float = 1.0,
-              solver: dfx.AbstractSolver | None = None, steps: int | None = None,
-              rtol: float = 1e-3, atol: float = 1e-3, max_steps: int = 4096):
+def ode_solve(
+    velocity: Callable,
+    x: jax.Array,
+    *,
+    t0: float = 0.0,
+    t1: float = 1.0,
+    solver: dfx.AbstractSolver | None = None,
+    steps: int | None = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    max_steps: int = 4096,
+):
     """Integrate ``dx/dt = velocity(t, x)`` from ``t0`` to ``t1``.
 
     Args:
@@ -66,8 +80,9 @@ def ode_solve(velocity: Callable, x: jax.Array, *, t0: float = 0.0, t1: float = 
     if name not in _EVALS_PER_STEP:
         raise ValueError(f"solver must be one of {sorted(_EVALS_PER_STEP)}, got {name}")
     if steps is None and name not in _ADAPTIVE:
-        raise ValueError(f"{name} has no error estimate: give a fixed number of steps, "
-                         f"or use one of {_ADAPTIVE}")
+        raise ValueError(
+            f"{name} has no error estimate: give a fixed number of steps, or use one of {_ADAPTIVE}"
+        )
     if t0 == t1:
         raise ValueError("t0 and t1 must differ")
     if steps is not None and (not isinstance(steps, int) or steps < 1):
@@ -76,9 +91,19 @@ def ode_solve(velocity: Callable, x: jax.Array, *, t0: float = 0.0, t1: float = 
         raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
     n_steps = 10 if steps is None else steps
     dt0 = (t1 - t0) / n_steps
-    controller = dfx.ConstantStepSize() if steps is not None else dfx.PIDController(rtol=rtol, atol=atol)
-    sol = dfx.diffeqsolve(dfx.ODETerm(lambda t, y, args: velocity(t, y)), solver, t0, t1, dt0, x,
-                          stepsize_controller=controller, max_steps=max_steps)
+    controller = (
+        dfx.ConstantStepSize() if steps is not None else dfx.PIDController(rtol=rtol, atol=atol)
+    )
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(lambda t, y, args: velocity(t, y)),
+        solver,
+        t0,
+        t1,
+        dt0,
+        x,
+        stepsize_controller=controller,
+        max_steps=max_steps,
+    )
     per_step, initial = _EVALS_PER_STEP[name]
     nfe = per_step * sol.stats["num_steps"] + initial
     return sol.ys[0], jnp.asarray(nfe)
@@ -87,6 +112,7 @@ def ode_solve(velocity: Callable, x: jax.Array, *, t0: float = 0.0, t1: float = 
 # --------------------------------------------------------------------------
 # Discrete-time diffusion (DDPM and DDIM) on the schedule's integer grid.
 # --------------------------------------------------------------------------
+
 
 def _check_common(schedule, x_T, prediction):
     if not isinstance(schedule, NoiseSchedule):
@@ -100,8 +126,9 @@ def _full_chain(schedule, steps, name):
     """The ancestral samplers visit every timestep: ``steps`` must be None or T."""
     T = schedule.num_timesteps
     if steps is not None and positive_int(steps, "steps") != T:
-        raise ValueError(f"{name} visits all T = {T} timesteps: steps must be None or {T}, "
-                         f"got {steps!r}")
+        raise ValueError(
+            f"{name} visits all T = {T} timesteps: steps must be None or {T}, got {steps!r}"
+        )
 
 
 def _call(schedule, model_fn, x, t):
@@ -109,9 +136,16 @@ def _call(schedule, model_fn, x, t):
     return model_fn(x, schedule.to_u(jnp.full((x.shape[0],), t, jnp.int32)))
 
 
-def ddpm_sample(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array, key: jax.Array,
-                *, steps: int | None = None, prediction: str = "epsilon",
-                clip_x0: bool = False):
+def ddpm_sample(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x_T: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int | None = None,
+    prediction: str = "epsilon",
+    clip_x0: bool = False,
+):
     """Ancestral sampling (Ho et al. 2020) through every timestep, ``T - 1`` down to 0.
 
     Each step is :meth:`~diffbook.schedules.NoiseSchedule.step`: the posterior
@@ -166,7 +200,7 @@ def ddim_timesteps(num_timesteps: int, steps: int, skip: str = "uniform") -> np.
         raise ValueError(f"steps must be an int in 1..{num_timesteps}, got {steps!r}")
     one_of(skip, "skip", ("uniform", "quadratic"))
     if steps == 1:
-        return np.array([num_timesteps - 1], np.int32)   # one jump from pure noise
+        return np.array([num_timesteps - 1], np.int32)  # one jump from pure noise
     if skip == "uniform":
         ts = np.linspace(0, num_timesteps - 1, steps)
     else:
@@ -179,10 +213,19 @@ def ddim_timesteps(num_timesteps: int, steps: int, skip: str = "uniform") -> np.
     return ts
 
 
-def ddim_sample(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array,
-                key: jax.Array | None = None, *, steps: int | None = None,
-                prediction: str = "epsilon", clip_x0: bool = False, eta: float = 0.0,
-                skip: str = "uniform", timesteps=None):
+def ddim_sample(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x_T: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    steps: int | None = None,
+    prediction: str = "epsilon",
+    clip_x0: bool = False,
+    eta: float = 0.0,
+    skip: str = "uniform",
+    timesteps=None,
+):
     """DDIM sampling (Song et al. 2021): :meth:`~diffbook.schedules.NoiseSchedule.ddim_step`
     along a decreasing grid of timesteps, one network call per step.
 
@@ -226,15 +269,24 @@ def ddim_sample(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array,
     def body(x, inputs):
         t, t_prev, k = inputs
         out = _call(schedule, model_fn, x, t)
-        return schedule.ddim_step(out, t, t_prev, x, k, eta=eta, prediction=prediction,
-                                  clip_x0=clip_x0).prev_sample, None
+        return schedule.ddim_step(
+            out, t, t_prev, x, k, eta=eta, prediction=prediction, clip_x0=clip_x0
+        ).prev_sample, None
 
     x, _ = jax.lax.scan(body, x_T, (jnp.asarray(ts), jnp.asarray(prev), keys))
     return x, len(ts)
 
 
-def predict_x0(schedule: NoiseSchedule, model_fn: Callable, x0: jax.Array, t, noise: jax.Array,
-               *, prediction: str = "epsilon", clip_x0: bool = False) -> jax.Array:
+def predict_x0(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x0: jax.Array,
+    t,
+    noise: jax.Array,
+    *,
+    prediction: str = "epsilon",
+    clip_x0: bool = False,
+) -> jax.Array:
     """The network's estimate of the clean data after noising ``x0`` to timestep ``t``.
 
     ``x_t = schedule.add_noise(x0, noise, t)``; the network's output there is turned
@@ -258,12 +310,20 @@ def predict_x0(schedule: NoiseSchedule, model_fn: Callable, x0: jax.Array, t, no
     _check_common(schedule, x0, prediction)
     tb = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x0.shape[0],))
     x_t = schedule.add_noise(x0, noise, tb)
-    return schedule.to_x0_eps(model_fn(x_t, schedule.to_u(tb)), x_t, tb, prediction,
-                              clip_x0=clip_x0)[0]
+    return schedule.to_x0_eps(
+        model_fn(x_t, schedule.to_u(tb)), x_t, tb, prediction, clip_x0=clip_x0
+    )[0]
 
 
-def ddim_invert(schedule: NoiseSchedule, model_fn: Callable, x0: jax.Array, *, steps: int,
-                skip: str = "uniform", prediction: str = "epsilon"):
+def ddim_invert(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x0: jax.Array,
+    *,
+    steps: int,
+    skip: str = "uniform",
+    prediction: str = "epsilon",
+):
     """Deterministic DDIM run backwards: clean data to the noise that DDIM (eta = 0,
     same ``steps`` and ``skip``) would turn back into it.
 
@@ -308,6 +368,7 @@ def ddim_invert(schedule: NoiseSchedule, model_fn: Callable, x0: jax.Array, *, s
 # (NoiseSchedule.alpha_bar_at / beta_at) in the same time u that the network sees.
 # --------------------------------------------------------------------------
 
+
 def langevin(score: Callable, x: jax.Array, key: jax.Array, *, steps: int, step_size: float):
     """Unadjusted Langevin dynamics ``x += step_size * score(x) + sqrt(2 step_size) z``.
 
@@ -338,17 +399,28 @@ def langevin(score: Callable, x: jax.Array, key: jax.Array, *, steps: int, step_
 def _score_at(schedule, model_fn, x, u, prediction, clip_x0=False):
     """(x0, eps, score) of the network at continuous time ``u`` (a scalar)."""
     ab = schedule.alpha_bar_at(u)
-    x0, eps = split_prediction(model_fn(x, jnp.full((x.shape[0],), u, jnp.float32)), x, ab,
-                               prediction)
+    x0, eps = split_prediction(
+        model_fn(x, jnp.full((x.shape[0],), u, jnp.float32)), x, ab, prediction
+    )
     if clip_x0:
         x0 = jnp.clip(x0, -1.0, 1.0)
         eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
     return x0, eps, -eps / jnp.sqrt(1.0 - ab)
 
 
-def pc_sample(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array, key: jax.Array, *,
-              steps: int | None = None, prediction: str = "epsilon", clip_x0: bool = False,
-              corrector_steps: int = 1, snr: float = 0.1, predictor: str = "ancestral"):
+def pc_sample(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x_T: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int | None = None,
+    prediction: str = "epsilon",
+    clip_x0: bool = False,
+    corrector_steps: int = 1,
+    snr: float = 0.1,
+    predictor: str = "ancestral",
+):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1-2 for the VP-SDE).
 
     The predictor is the ancestral step; after it, ``corrector_steps`` Langevin
@@ -385,8 +457,14 @@ def pc_sample(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array, key: 
         t, k = inputs
         k_pred, k_corr = jax.random.split(k)
         if predictor == "ancestral":
-            x = schedule.step(_call(schedule, model_fn, x, t), t, x, k_pred,
-                              prediction=prediction, clip_x0=clip_x0).prev_sample
+            x = schedule.step(
+                _call(schedule, model_fn, x, t),
+                t,
+                x,
+                k_pred,
+                prediction=prediction,
+                clip_x0=clip_x0,
+            ).prev_sample
         # Correct at level t - 1, the level the predictor just moved to.
         t_new = jnp.maximum(t - 1, 0)
         tn = jnp.full((x.shape[0],), t_new, jnp.int32)
@@ -396,43 +474,72 @@ def pc_sample(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array, key: 
             _, eps = schedule.to_x0_eps(model_fn(x, schedule.to_u(tn)), x, tn, prediction)
             score = -eps / jnp.sqrt(1.0 - ab)
             z = jax.random.normal(kc, x.shape)
-            ratio = (jnp.mean(jnp.sqrt(jnp.sum(z**2, axes)))
-                     / jnp.mean(jnp.sqrt(jnp.sum(score**2, axes))))
+            ratio = jnp.mean(jnp.sqrt(jnp.sum(z**2, axes))) / jnp.mean(
+                jnp.sqrt(jnp.sum(score**2, axes))
+            )
             step = 2.0 * alpha * (snr * ratio) ** 2
             return x + step * score + jnp.sqrt(2.0 * step) * z, None
 
         if corrector_steps:
             x_c, _ = jax.lax.scan(correct, x, jax.random.split(k_corr, corrector_steps))
-            x = jnp.where(t > 0, x_c, x)   # the last step lands on data: no correction
+            x = jnp.where(t > 0, x_c, x)  # the last step lands on data: no correction
         return x, None
 
     T = schedule.num_timesteps
     x, _ = jax.lax.scan(body, x_T, (jnp.arange(T - 1, -1, -1), jax.random.split(key, T)))
-    if predictor == "none":   # finish with the predicted clean sample: one more call
+    if predictor == "none":  # finish with the predicted clean sample: one more call
         t0 = jnp.zeros((x.shape[0],), jnp.int32)
-        x = schedule.to_x0_eps(model_fn(x, schedule.to_u(t0)), x, t0, prediction,
-                               clip_x0=clip_x0)[0]
+        x = schedule.to_x0_eps(model_fn(x, schedule.to_u(t0)), x, t0, prediction, clip_x0=clip_x0)[
+            0
+        ]
         return x, T * corrector_steps + 1
     return x, T * (corrector_steps + 1)
 
 
-def annealed_langevin(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array,
-                      key: jax.Array, *, steps: int | None = None, prediction: str = "epsilon",
-                      clip_x0: bool = False, corrector_steps: int = 1, snr: float = 0.1):
+def annealed_langevin(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x_T: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int | None = None,
+    prediction: str = "epsilon",
+    clip_x0: bool = False,
+    corrector_steps: int = 1,
+    snr: float = 0.1,
+):
     """Annealed Langevin dynamics: :func:`pc_sample` with ``predictor="none"``.
 
     Returns:
       ``(x, nfe)`` with ``nfe = T corrector_steps + 1``.
     """
-    return pc_sample(schedule, model_fn, x_T, key, steps=steps, prediction=prediction,
-                     clip_x0=clip_x0, corrector_steps=corrector_steps, snr=snr,
-                     predictor="none")
+    return pc_sample(
+        schedule,
+        model_fn,
+        x_T,
+        key,
+        steps=steps,
+        prediction=prediction,
+        clip_x0=clip_x0,
+        corrector_steps=corrector_steps,
+        snr=snr,
+        predictor="none",
+    )
 
 
-def probability_flow(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array,
-                     key: jax.Array | None = None, *, steps: int | None = None,
-                     prediction: str = "epsilon", clip_x0: bool = False, solver=None,
-                     rtol: float = 1e-3, atol: float = 1e-3):
+def probability_flow(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x_T: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    steps: int | None = None,
+    prediction: str = "epsilon",
+    clip_x0: bool = False,
+    solver=None,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+):
     """The probability-flow ODE of the schedule's VP-SDE, integrated with
     :func:`ode_solve` from ``u = (T-1)/T`` down to ``u = 0``, then denoised once.
 
@@ -457,14 +564,23 @@ def probability_flow(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array
         _, _, score = _score_at(schedule, model_fn, x, u, prediction)
         return -0.5 * schedule.beta_at(u) * (x + score)
 
-    x, nfe = ode_solve(velocity, x_T, t0=u_start, t1=0.0, solver=solver, steps=steps,
-                       rtol=rtol, atol=atol)
+    x, nfe = ode_solve(
+        velocity, x_T, t0=u_start, t1=0.0, solver=solver, steps=steps, rtol=rtol, atol=atol
+    )
     x0, _, _ = _score_at(schedule, model_fn, x, 0.0, prediction, clip_x0)
     return x0, nfe + 1
 
 
-def reverse_sde(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array, key: jax.Array,
-                *, steps: int, prediction: str = "epsilon", clip_x0: bool = False):
+def reverse_sde(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    x_T: jax.Array,
+    key: jax.Array,
+    *,
+    steps: int,
+    prediction: str = "epsilon",
+    clip_x0: bool = False,
+):
     """The reverse-time VP-SDE with diffrax's Euler-Maruyama in ``steps`` equal steps
     from ``u = (T-1)/T`` to 0, then denoised once.
 
@@ -500,9 +616,17 @@ def reverse_sde(schedule: NoiseSchedule, model_fn: Callable, x_T: jax.Array, key
     dt = u_start / steps
     brownian = dfx.UnsafeBrownianPath(shape=x_T.shape, key=key)
     terms = dfx.MultiTerm(dfx.ODETerm(drift), dfx.ControlTerm(diffusion, brownian))
-    sol = dfx.diffeqsolve(terms, dfx.Euler(), 0.0, u_start, dt, x_T,
-                          stepsize_controller=dfx.ConstantStepSize(), max_steps=steps + 1,
-                          adjoint=dfx.ForwardMode())
+    sol = dfx.diffeqsolve(
+        terms,
+        dfx.Euler(),
+        0.0,
+        u_start,
+        dt,
+        x_T,
+        stepsize_controller=dfx.ConstantStepSize(),
+        max_steps=steps + 1,
+        adjoint=dfx.ForwardMode(),
+    )
     x0, _, _ = _score_at(schedule, model_fn, sol.ys[0], 0.0, prediction, clip_x0)
     return x0, steps + 1
 
@@ -520,8 +644,9 @@ SAMPLERS: dict[str, Callable] = {
 }
 
 
-def sample(name: str, schedule: NoiseSchedule, model_fn: Callable, key: jax.Array, shape,
-           **options):
+def sample(
+    name: str, schedule: NoiseSchedule, model_fn: Callable, key: jax.Array, shape, **options
+):
     """Draw ``x_T ~ N(0, I)`` of ``shape`` and run the sampler called ``name`` from it.
 
     The key is split once: the first half draws ``x_T``, the second drives the
@@ -544,5 +669,6 @@ def sample(name: str, schedule: NoiseSchedule, model_fn: Callable, key: jax.Arra
     """
     one_of(name, "name", tuple(SAMPLERS))
     k_init, k_run = jax.random.split(key)
-    return SAMPLERS[name](schedule, model_fn, jax.random.normal(k_init, tuple(shape)), k_run,
-                          **options)
+    return SAMPLERS[name](
+        schedule, model_fn, jax.random.normal(k_init, tuple(shape)), k_run, **options
+    )

@@ -2,7 +2,8 @@
 what a network can predict.
 
 Conventions (those of Ho et al. 2020 and of diffusers' schedulers): timesteps are
-integers ``t = 0 .. T-1`` with ``T = num_timesteps``; ``betas[t]`` is the variance added by step ``t``,
+integers ``t = 0 .. T-1`` with ``T = num_timesteps``; ``betas[t]`` is the variance added
+by step ``t``,
 ``alpha_bars[t] = prod_{s <= t} (1 - betas[s])``, and the noised sample is
 
     x_t = sqrt(alpha_bars[t]) * x0 + sqrt(1 - alpha_bars[t]) * eps,   eps ~ N(0, I).
@@ -67,7 +68,9 @@ class NoiseSchedule:
         if betas.ndim != 1 or betas.size < 1:
             raise ValueError(f"betas must be a non-empty 1-D array, got shape {betas.shape}")
         if not np.all((betas > 0) & (betas < 1)):
-            raise ValueError(f"betas must lie in (0, 1), got values in [{betas.min()}, {betas.max()}]")
+            raise ValueError(
+                f"betas must lie in (0, 1), got values in [{betas.min()}, {betas.max()}]"
+            )
         alpha_bars = np.cumprod(1.0 - betas)
         alpha_bars_prev = np.concatenate([[1.0], alpha_bars[:-1]])
         # q(x_{t-1} | x_t, x0) = N(c0 x0 + ct x_t, var) (Ho et al. 2020, eqs. 6-7).  At
@@ -75,7 +78,9 @@ class NoiseSchedule:
         # 1 - alpha_bar_0 = 1 - (1 - 4e-5) keeps only about three digits.
         posterior = {
             "posterior_x0_coef": np.sqrt(alpha_bars_prev) * betas / (1.0 - alpha_bars),
-            "posterior_xt_coef": np.sqrt(1.0 - betas) * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars),
+            "posterior_xt_coef": np.sqrt(1.0 - betas)
+            * (1.0 - alpha_bars_prev)
+            / (1.0 - alpha_bars),
             "posterior_variance": betas * (1.0 - alpha_bars_prev) / (1.0 - alpha_bars),
         }
         object.__setattr__(self, "betas", jnp.asarray(betas, jnp.float32))
@@ -87,12 +92,13 @@ class NoiseSchedule:
 
     # ----------------------------------------------------------------- builders
     @classmethod
-    def from_betas(cls, betas, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(cls, betas, name: str = "custom") -> NoiseSchedule:
         return cls(betas=betas, name=name)
 
     @classmethod
-    def linear(cls, num_timesteps: int = 1000, beta_start: float = 1e-4,
-               beta_end: float = 0.02) -> "NoiseSchedule":
+    def linear(
+        cls, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
         """Betas rising linearly from ``beta_start`` to ``beta_end`` (Ho et al. 2020)."""
         num_timesteps = positive_int(num_timesteps, "num_timesteps")
         if not 0 < beta_start <= beta_end < 1:
@@ -100,8 +106,9 @@ class NoiseSchedule:
         return cls(np.linspace(beta_start, beta_end, num_timesteps), name="linear")
 
     @classmethod
-    def cosine(cls, num_timesteps: int = 1000, s: float = 0.008,
-               max_beta: float = 0.999) -> "NoiseSchedule":
+    def cosine(
+        cls, num_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999
+    ) -> NoiseSchedule:
         """The cosine schedule of Nichol & Dhariwal (2021).
 
         With ``f(u) = cos^2((u + s) / (1 + s) * pi / 2)``, ``alpha_bars[t] =
@@ -167,9 +174,15 @@ class NoiseSchedule:
         ab = self._at(self.alpha_bars, t, x0.ndim)
         return jnp.sqrt(ab) * noise - jnp.sqrt(1.0 - ab) * x0
 
-    def to_x0_eps(self, model_output: jax.Array, x_t: jax.Array, t,
-                  prediction: str = "epsilon", *,
-                  clip_x0: bool = False) -> tuple[jax.Array, jax.Array]:
+    def to_x0_eps(
+        self,
+        model_output: jax.Array,
+        x_t: jax.Array,
+        t,
+        prediction: str = "epsilon",
+        *,
+        clip_x0: bool = False,
+    ) -> tuple[jax.Array, jax.Array]:
         """Turn a network's output at ``(x_t, t)`` into the pair ``(x0, eps)``.
 
         Args:
@@ -202,12 +215,22 @@ class NoiseSchedule:
         float64.  At ``t = 0`` (``ab_prev = 1``) the mean is ``x0`` and the variance 0.
         """
         nd = x_t.ndim
-        mean = (self._at(self.posterior_x0_coef, t, nd) * x0
-                + self._at(self.posterior_xt_coef, t, nd) * x_t)
+        mean = (
+            self._at(self.posterior_x0_coef, t, nd) * x0
+            + self._at(self.posterior_xt_coef, t, nd) * x_t
+        )
         return mean, self._at(self.posterior_variance, t, nd)
 
-    def step(self, model_output: jax.Array, t, x_t: jax.Array, key: jax.Array, *,
-             prediction: str = "epsilon", clip_x0: bool = False) -> StepOutput:
+    def step(
+        self,
+        model_output: jax.Array,
+        t,
+        x_t: jax.Array,
+        key: jax.Array,
+        *,
+        prediction: str = "epsilon",
+        clip_x0: bool = False,
+    ) -> StepOutput:
         """One ancestral step ``x_t -> x_{t-1}`` (the sampler of Ho et al. 2020).
 
         The network's output becomes a predicted clean sample ``x0`` (clipped to
@@ -231,9 +254,18 @@ class NoiseSchedule:
         mean, var = self.posterior(x0, x_t, tb)
         return StepOutput(mean + jnp.sqrt(var) * jax.random.normal(key, x_t.shape), x0)
 
-    def ddim_step(self, model_output: jax.Array, t, t_prev, x_t: jax.Array,
-                  key: jax.Array | None = None, *, eta: float = 0.0,
-                  prediction: str = "epsilon", clip_x0: bool = False) -> StepOutput:
+    def ddim_step(
+        self,
+        model_output: jax.Array,
+        t,
+        t_prev,
+        x_t: jax.Array,
+        key: jax.Array | None = None,
+        *,
+        eta: float = 0.0,
+        prediction: str = "epsilon",
+        clip_x0: bool = False,
+    ) -> StepOutput:
         """One DDIM step ``x_t -> x_{t_prev}`` (Song et al. 2021, eq. 12).
 
         With ``(x0, eps)`` read off the network's output,
@@ -289,8 +321,9 @@ class NoiseSchedule:
         return T * (log_ab[i] - log_ab[i + 1])
 
 
-def split_prediction(model_output: jax.Array, x_t: jax.Array, alpha_bar,
-                     prediction: str = "epsilon") -> tuple[jax.Array, jax.Array]:
+def split_prediction(
+    model_output: jax.Array, x_t: jax.Array, alpha_bar, prediction: str = "epsilon"
+) -> tuple[jax.Array, jax.Array]:
     """``(x0, eps)`` from a prediction of kind ``prediction`` at noise level ``alpha_bar``.
 
     ``alpha_bar`` must broadcast against ``x_t``.  With ``a = sqrt(alpha_bar)`` and

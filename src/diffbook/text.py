@@ -23,17 +23,20 @@ def _words(text: str) -> list[str]:
 
 def _check_prompts(prompts) -> list[str]:
     if isinstance(prompts, str):
-        raise TypeError("prompts must be a sequence of strings, got a single string "
-                        "(wrap it in a list)")
+        raise TypeError(
+            "prompts must be a sequence of strings, got a single string (wrap it in a list)"
+        )
     try:
         prompts = list(prompts)
     except TypeError:
-        raise TypeError(f"prompts must be a sequence of strings, "
-                        f"got {type(prompts).__name__}") from None
+        raise TypeError(
+            f"prompts must be a sequence of strings, got {type(prompts).__name__}"
+        ) from None
     bad = [p for p in prompts if not isinstance(p, str)]
     if bad:
-        raise TypeError(f"prompts must be a sequence of strings, found {type(bad[0]).__name__} "
-                        f"{bad[0]!r}")
+        raise TypeError(
+            f"prompts must be a sequence of strings, found {type(bad[0]).__name__} {bad[0]!r}"
+        )
     return prompts
 
 
@@ -65,7 +68,7 @@ class Tokenizer:
         self._ids = {w: i for i, w in enumerate(self.vocab) if i >= len(self.SPECIALS)}
 
     @classmethod
-    def fit(cls, prompts) -> "Tokenizer":
+    def fit(cls, prompts) -> Tokenizer:
         """A tokenizer whose vocabulary is every word of ``prompts``, most
         frequent first (ties alphabetically), so ids are deterministic."""
         counts = Counter(w for p in _check_prompts(prompts) for w in _words(p))
@@ -102,7 +105,7 @@ class Tokenizer:
         tokens = np.full((len(prompts), max_len), self.PAD, np.int32)
         for row, prompt in enumerate(prompts):
             ids = [self._ids.get(w, self.UNK) for w in _words(prompt)][:max_len]
-            tokens[row, :len(ids)] = ids
+            tokens[row, : len(ids)] = ids
         return tokens, tokens != self.PAD
 
     def decode(self, tokens):
@@ -113,14 +116,17 @@ class Tokenizer:
         """
         arr = np.asarray(tokens)
         if arr.ndim not in (1, 2) or not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"tokens must be an integer array of shape (L,) or (N, L), "
-                            f"got dtype {arr.dtype} and shape {arr.shape}")
+            raise TypeError(
+                f"tokens must be an integer array of shape (L,) or (N, L), "
+                f"got dtype {arr.dtype} and shape {arr.shape}"
+            )
         if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-            raise ValueError(f"tokens must lie in 0..{self.vocab_size - 1}, "
-                             f"got values in {arr.min()}..{arr.max()}")
+            raise ValueError(
+                f"tokens must lie in 0..{self.vocab_size - 1}, "
+                f"got values in {arr.min()}..{arr.max()}"
+            )
         rows = [" ".join(self.vocab[i] for i in row if i != self.PAD) for row in np.atleast_2d(arr)]
         return rows[0] if arr.ndim == 1 else rows
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size})"
-

@@ -21,14 +21,44 @@ from .text import Tokenizer
 #: predicts ``v``: with the cosine schedule an epsilon-network learned the prompts
 #: far more slowly (see the chapter).
 RECIPE = {
-    "cpu": dict(resolution=16, num_emoji=300, max_len=8, text_dim=64, text_layers=2,
-                channels=(16, 32, 64), emb_dim=64, batch_size=64, steps=1500, peak_lr=2e-3,
-                warmup=100, ema_decay=0.995, p_uncond=0.1, num_timesteps=1000,
-                prediction="v", sample_steps=25, guidance=3.0),
-    "accelerator": dict(resolution=32, num_emoji=None, max_len=8, text_dim=128, text_layers=3,
-                        channels=(64, 128, 256), emb_dim=128, batch_size=256, steps=20000,
-                        peak_lr=1e-3, warmup=500, ema_decay=0.999, p_uncond=0.1,
-                        num_timesteps=1000, prediction="v", sample_steps=50, guidance=3.0),
+    "cpu": dict(
+        resolution=16,
+        num_emoji=300,
+        max_len=8,
+        text_dim=64,
+        text_layers=2,
+        channels=(16, 32, 64),
+        emb_dim=64,
+        batch_size=64,
+        steps=1500,
+        peak_lr=2e-3,
+        warmup=100,
+        ema_decay=0.995,
+        p_uncond=0.1,
+        num_timesteps=1000,
+        prediction="v",
+        sample_steps=25,
+        guidance=3.0,
+    ),
+    "accelerator": dict(
+        resolution=32,
+        num_emoji=None,
+        max_len=8,
+        text_dim=128,
+        text_layers=3,
+        channels=(64, 128, 256),
+        emb_dim=128,
+        batch_size=256,
+        steps=20000,
+        peak_lr=1e-3,
+        warmup=500,
+        ema_decay=0.999,
+        p_uncond=0.1,
+        num_timesteps=1000,
+        prediction="v",
+        sample_steps=50,
+        guidance=3.0,
+    ),
 }
 
 
@@ -43,9 +73,15 @@ def make_model(cfg, vocab_size: int, *, seed: int = 0) -> TextToImage:
     Returns:
       A :class:`~diffbook.nets.TextToImage`.
     """
-    return TextToImage(vocab_size, max_len=cfg.max_len, text_dim=cfg.text_dim,
-                       text_layers=cfg.text_layers, channels=cfg.channels, emb_dim=cfg.emb_dim,
-                       rngs=nnx.Rngs(seed))
+    return TextToImage(
+        vocab_size,
+        max_len=cfg.max_len,
+        text_dim=cfg.text_dim,
+        text_layers=cfg.text_layers,
+        channels=cfg.channels,
+        emb_dim=cfg.emb_dim,
+        rngs=nnx.Rngs(seed),
+    )
 
 
 def make_data(cfg):

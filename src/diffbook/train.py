@@ -75,12 +75,20 @@ def warmup_cosine(peak_lr: float, steps: int, warmup: int, *, final_fraction: fl
         raise ValueError(f"warmup must be less than steps, got warmup={warmup}, steps={steps}")
     peak_lr = checks.finite_number(peak_lr, "peak_lr", minimum=0, strictly=True)
     final_fraction = checks.finite_number(final_fraction, "final_fraction", minimum=0)
-    return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup, steps,
-                                              end_value=final_fraction * peak_lr)
+    return optax.warmup_cosine_decay_schedule(
+        0.0, peak_lr, warmup, steps, end_value=final_fraction * peak_lr
+    )
 
 
-def adamw_with_ema(model: nnx.Module, *, peak_lr: float, steps: int, warmup: int,
-                   clip: float = 1.0, weight_decay: float = 1e-4):
+def adamw_with_ema(
+    model: nnx.Module,
+    *,
+    peak_lr: float,
+    steps: int,
+    warmup: int,
+    clip: float = 1.0,
+    weight_decay: float = 1e-4,
+):
     """The book's usual optimiser for ``model``, and a copy of it for the moving average.
 
     AdamW with the learning rate of :func:`warmup_cosine` and gradients clipped to
@@ -105,8 +113,10 @@ def adamw_with_ema(model: nnx.Module, *, peak_lr: float, steps: int, warmup: int
     """
     clip = checks.finite_number(clip, "clip", minimum=0, strictly=True)
     weight_decay = checks.finite_number(weight_decay, "weight_decay", minimum=0)
-    tx = optax.chain(optax.clip_by_global_norm(clip),
-                     optax.adamw(warmup_cosine(peak_lr, steps, warmup), weight_decay=weight_decay))
+    tx = optax.chain(
+        optax.clip_by_global_norm(clip),
+        optax.adamw(warmup_cosine(peak_lr, steps, warmup), weight_decay=weight_decay),
+    )
     return nnx.clone(model), nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -129,12 +139,26 @@ class History:
     extras: dict = field(default_factory=dict)
 
 
-def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
-        steps: int, batch_size: int, key: jax.Array, check_every: int = 50,
-        ema: nnx.Module | None = None, ema_decay: float = 0.999, ema_warmup: bool = False,
-        mesh: Mesh | None = None,
-        progress: bool | None = None, desc: str = "training", checkpoint_dir=None,
-        checkpoint_every: int = 1000, stop_after: int | None = None) -> History:
+def fit(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    loss_fn: Callable,
+    data,
+    *,
+    steps: int,
+    batch_size: int,
+    key: jax.Array,
+    check_every: int = 50,
+    ema: nnx.Module | None = None,
+    ema_decay: float = 0.999,
+    ema_warmup: bool = False,
+    mesh: Mesh | None = None,
+    progress: bool | None = None,
+    desc: str = "training",
+    checkpoint_dir=None,
+    checkpoint_every: int = 1000,
+    stop_after: int | None = None,
+) -> History:
     """Train ``model`` in place on random batches of ``data``.
 
     Args:
@@ -207,8 +231,9 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         k_batch, k_loss = jax.random.split(step_key)
         idx = jax.random.randint(k_batch, (batch_size,), 0, n_data)
         # Gather on every device, then keep only this device's slice of the batch.
-        batch = jax.lax.with_sharding_constraint(jax.tree.map(lambda a: a[idx], data),
-                                                 batch_sharding)
+        batch = jax.lax.with_sharding_constraint(
+            jax.tree.map(lambda a: a[idx], data), batch_sharding
+        )
         loss, grads = nnx.value_and_grad(loss_fn)(model, batch, k_loss)
         optimizer.update(model, grads)
         if ema is not None:
@@ -216,8 +241,11 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
             if ema_warmup:
                 n = step.astype(jnp.float32)
                 decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
-            new = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                               nnx.state(ema, nnx.Param), nnx.state(model, nnx.Param))
+            new = jax.tree.map(
+                lambda e, p: decay * e + (1.0 - decay) * p,
+                nnx.state(ema, nnx.Param),
+                nnx.state(model, nnx.Param),
+            )
             nnx.update(ema, new)
         return nnx.state((model, optimizer, ema)), loss
 
@@ -236,8 +264,9 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         run = TrainingCheckpoints(checkpoint_dir)
         start = run.latest_step()
         if start > steps:
-            raise ValueError(f"the checkpoint in {checkpoint_dir} is at step {start}, "
-                             f"past steps={steps}")
+            raise ValueError(
+                f"the checkpoint in {checkpoint_dir} is at step {start}, past steps={steps}"
+            )
         if start:
             state, done = run.restore(start, state)
             state = replicate(state, mesh)
@@ -258,7 +287,8 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
             bad = upto - len(chunk) + int(np.argmin(np.isfinite(chunk)))
             raise FloatingPointError(
                 f"loss became {chunk[bad - upto + len(chunk)]} at step {bad}: training stopped. "
-                "Lower the learning rate, clip gradients, or check the data for NaNs.")
+                "Lower the learning rate, clip gradients, or check the data for NaNs."
+            )
         losses.append(chunk)
         if bar is not None:
             bar.update(len(chunk))
@@ -283,6 +313,11 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, loss_fn: Callable, data, *,
         # Python objects even when training stops early.
         nnx.update((model, optimizer, ema), state)
     train_s = time.perf_counter() - t0
-    return History(loss=np.concatenate(losses), compile_s=compile_s, train_s=train_s,
-                   steps=int(end), batch_size=batch_size, devices=mesh.devices.size)
-
+    return History(
+        loss=np.concatenate(losses),
+        compile_s=compile_s,
+        train_s=train_s,
+        steps=int(end),
+        batch_size=batch_size,
+        devices=mesh.devices.size,
+    )

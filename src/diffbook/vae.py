@@ -36,10 +36,24 @@ NUM_PIXELS = int(np.prod(DIGIT_SHAPE))
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.
 RECIPE = {
-    "cpu": dict(latent_dim=16, hidden=128, batch_size=128, steps=3000, peak_lr=2e-3,
-                warmup=100, eval_samples=16),
-    "accelerator": dict(latent_dim=16, hidden=128, batch_size=256, steps=6000, peak_lr=2e-3,
-                        warmup=200, eval_samples=64),
+    "cpu": dict(
+        latent_dim=16,
+        hidden=128,
+        batch_size=128,
+        steps=3000,
+        peak_lr=2e-3,
+        warmup=100,
+        eval_samples=16,
+    ),
+    "accelerator": dict(
+        latent_dim=16,
+        hidden=128,
+        batch_size=256,
+        steps=6000,
+        peak_lr=2e-3,
+        warmup=200,
+        eval_samples=64,
+    ),
 }
 
 
@@ -156,8 +170,9 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
       ValueError: if ``mean`` and ``logvar`` differ in shape.
     """
     if mean.shape != logvar.shape:
-        raise ValueError(f"mean and logvar need the same shape, "
-                         f"got {mean.shape} and {logvar.shape}")
+        raise ValueError(
+            f"mean and logvar need the same shape, got {mean.shape} and {logvar.shape}"
+        )
     eps = jax.random.normal(key, mean.shape, mean.dtype)
     return mean + jnp.exp(0.5 * logvar) * eps
 
@@ -178,7 +193,9 @@ def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
       ValueError: if ``mean`` and ``logvar`` differ in shape.
     """
     if mean.shape != logvar.shape:
-        raise ValueError(f"mean and logvar need the same shape, got {mean.shape} and {logvar.shape}")
+        raise ValueError(
+            f"mean and logvar need the same shape, got {mean.shape} and {logvar.shape}"
+        )
     return 0.5 * jnp.sum(mean**2 + jnp.exp(logvar) - 1 - logvar, axis=-1)
 
 
@@ -210,9 +227,11 @@ def binomial_log_likelihood(logits: jax.Array, images: jax.Array) -> jax.Array:
       ValueError: if ``logits`` and ``images`` differ in shape.
     """
     if logits.shape != images.shape:
-        raise ValueError(f"logits and images need the same shape, got {logits.shape} and {images.shape}")
-    k = jnp.round((images + 1) * 8)                    # to_counts(images), counts 0..16
-    log_choose = gammaln(17) - gammaln(k + 1) - gammaln(17 - k)   # log of (16 choose k)
+        raise ValueError(
+            f"logits and images need the same shape, got {logits.shape} and {images.shape}"
+        )
+    k = jnp.round((images + 1) * 8)  # to_counts(images), counts 0..16
+    log_choose = gammaln(17) - gammaln(k + 1) - gammaln(17 - k)  # log of (16 choose k)
     log_p = k * jax.nn.log_sigmoid(logits) + (16 - k) * jax.nn.log_sigmoid(-logits)
     return jnp.sum(log_choose + log_p, axis=(1, 2, 3))
 
