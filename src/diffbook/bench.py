@@ -581,10 +581,10 @@ def main(argv=None) -> int:
     if getattr(args, "steps", None) is not None and args.steps > 1000:
         parser.error("--steps must be in 1..1000")
     if getattr(args, "guidance", None) is not None:
-        from .emoji import check_guidance
+        from .guidance import check_scale
 
         try:
-            check_guidance(args.guidance)
+            check_scale(args.guidance)
         except ValueError as err:
             parser.error(f"--guidance: {err}")
     os.environ.setdefault("DIFFBOOK_PROGRESS", "0")

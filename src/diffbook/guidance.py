@@ -3,14 +3,14 @@
 A *conditioned model* here is a network called as ``model(x, u, *cond)``: a batch
 ``x`` of shape (B, ...), float times ``u`` of shape (B,) in [0, 1], and a condition
 ``cond``, a tuple of arrays whose first axis is the batch (a prompt's word ids and
-padding mask; a class label).  It also says what "no condition" means for it:
+padding mask; a class label).  It also says what "no condition" means for it::
 
     model.null_condition(*cond) -> tuple of arrays of the same shapes
 
 (an all-False padding mask for text, a reserved extra label for classes).  Training
 replaces each example's condition by the null one with probability ``p_uncond``
 (:func:`cfg_loss`), so that one network learns both the conditional and the
-unconditional prediction; sampling combines them (:func:`guided_model_fn`):
+unconditional prediction; sampling combines them (:func:`guided_model_fn`)::
 
     guided = uncond + s * (cond - uncond)
 

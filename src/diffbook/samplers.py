@@ -1,6 +1,6 @@
 """Samplers that the chapters have taught, kept here for reuse, behind one contract.
 
-Every sampler of a diffusion model has the signature
+Every sampler of a diffusion model has the signature::
 
     sampler(schedule, model_fn, x_T, key, *, steps=None, prediction="epsilon",
             clip_x0=False, **options) -> (x, nfe)

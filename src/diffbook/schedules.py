@@ -34,15 +34,12 @@ PREDICTIONS = ("epsilon", "x0", "v")
 
 
 class StepOutput(NamedTuple):
-    """What one sampler step returns (as diffusers' schedulers do).
+    """What one sampler step returns (as diffusers' schedulers do), both of ``x_t``'s shape."""
 
-    Attributes:
-      prev_sample: the sample at the next, less noisy, timestep; shape of ``x_t``.
-      pred_x0: the clean sample predicted on the way (clipped when the step clips),
-        shape of ``x_t``: what the step aimed at, useful to watch a sampler work.
-    """
-
+    #: The sample at the next, less noisy, timestep.
     prev_sample: jax.Array
+    #: The clean sample predicted on the way, clipped when the step clips; it shows
+    #: what the step aimed at, which is useful to watch a sampler work.
     pred_x0: jax.Array
 
 
@@ -93,6 +90,18 @@ class NoiseSchedule:
     # ----------------------------------------------------------------- builders
     @classmethod
     def from_betas(cls, betas, name: str = "custom") -> NoiseSchedule:
+        """A schedule with the given variances per step.
+
+        Args:
+          betas: ``(T,)`` values in (0, 1), the variance added at each step.
+          name: a label for printing.
+
+        Returns:
+          The :class:`NoiseSchedule`.
+
+        Raises:
+          ValueError: if ``betas`` is not a non-empty 1-D array of values in (0, 1).
+        """
         return cls(betas=betas, name=name)
 
     @classmethod

@@ -54,7 +54,9 @@ class Tokenizer:
     words, most of them in a single name.
     """
 
+    #: The id of padding, after a prompt's last word.
     PAD = 0
+    #: The id of any word outside the vocabulary.
     UNK = 1
     SPECIALS = ("<pad>", "<unk>")
 
