@@ -22,7 +22,7 @@ class Jumper(nnx.Module):
 def to_zero(model, batch, key):
     # With plain SGD at learning rate 1, the gradient w of this loss moves w to
     # exactly 0 in one step, and it stays there.
-    return 0.5 * jnp.sum(model.w.value**2)
+    return 0.5 * jnp.sum(model.w[...] ** 2)
 
 
 def ema_after(updates, *, decay, warmup):
@@ -44,8 +44,8 @@ def ema_after(updates, *, decay, warmup):
         ema_warmup=warmup,
         progress=False,
     )
-    np.testing.assert_array_equal(model.w.value, 0.0)
-    return np.asarray(ema.w.value, np.float64)
+    np.testing.assert_array_equal(model.w[...], 0.0)
+    return np.asarray(ema.w[...], np.float64)
 
 
 def warmup_share(updates, decay):
@@ -95,7 +95,7 @@ def test_ema_warmup_off_by_default():
         ema_decay=0.9,
         progress=False,
     )
-    np.testing.assert_allclose(ema.w.value, 0.9**10, rtol=1e-5)
+    np.testing.assert_allclose(ema.w[...], 0.9**10, rtol=1e-5)
 
 
 def test_resumed_run_with_ema_warmup_equals_the_uninterrupted_run(tmp_path):
@@ -120,7 +120,7 @@ def test_resumed_run_with_ema_warmup_equals_the_uninterrupted_run(tmp_path):
             progress=False,
             **options,
         )
-        return np.asarray(ema.w.value, np.float64)
+        return np.asarray(ema.w[...], np.float64)
 
     whole = run()
     directory = tmp_path / "ckpt"
