@@ -158,3 +158,39 @@ def assert_every_param_gets_a_gradient(model, loss_fn, *, jit: bool = False):
     dead = [jax.tree_util.keystr(path) for path, g in flat if not np.any(np.asarray(g))]
     assert not dead, f"parameters without gradient: {dead}"
     return grads
+
+
+# ---------------------------------------------------------------------------
+# A tiny text-to-image model and three prompts, for the tests of nets and guidance.
+# ---------------------------------------------------------------------------
+TINY_VOCAB = 12
+
+
+def tiny_text_to_image(seed: int = 0):
+    """A small :class:`diffbook.nets.TextToImage` whose output depends on its inputs.
+
+    The output convolution starts at zero (an untrained model predicts zeros); it
+    gets random weights here so that the inputs' influence can be seen.
+    """
+    from flax import nnx
+
+    from diffbook import nets
+
+    model = nets.TextToImage(
+        TINY_VOCAB,
+        max_len=4,
+        text_dim=16,
+        text_layers=1,
+        channels=(8, 16),
+        emb_dim=16,
+        rngs=nnx.Rngs(seed),
+    )
+    kernel = model.unet.out.kernel
+    kernel[...] = 0.1 * jax.random.normal(jax.random.key(seed + 1), kernel.shape)
+    return model
+
+
+def tiny_prompts():
+    """Word ids (3, 4) of three prompts of 2, 3 and 1 words, and their padding mask."""
+    tokens = jnp.array([[2, 3, 0, 0], [4, 5, 6, 0], [7, 0, 0, 0]], jnp.int32)
+    return tokens, tokens > 0

@@ -7,37 +7,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from diffbook import guidance, nets, samplers
+from conftest import tiny_prompts, tiny_text_to_image
+from diffbook import guidance, samplers
 from diffbook.schedules import NoiseSchedule
-
-VOCAB = 12
-
-
-def _model(seed=0):
-    model = nets.TextToImage(
-        VOCAB,
-        max_len=4,
-        text_dim=16,
-        text_layers=1,
-        channels=(8, 16),
-        emb_dim=16,
-        rngs=nnx.Rngs(seed),
-    )
-    # The output convolution starts at zero (the untrained model predicts zeros);
-    # give it weights so that the inputs' influence can be seen.
-    kernel = model.unet.out.kernel
-    kernel[...] = 0.1 * jax.random.normal(jax.random.key(seed + 1), kernel.shape)
-    return model
-
-
-def _prompts():
-    tokens = jnp.array([[2, 3, 0, 0], [4, 5, 6, 0], [7, 0, 0, 0]], jnp.int32)
-    return tokens, tokens > 0
 
 
 def test_guidance_combines_one_batched_call():
-    model = _model()
-    tokens, mask = _prompts()
+    model = tiny_text_to_image()
+    tokens, mask = tiny_prompts()
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     t = jnp.array([100, 500, 900])
     cond = model(x, t / 1000, tokens, mask)
@@ -55,15 +32,15 @@ def test_bad_guidance_scales_raise(scale):
     with pytest.raises(ValueError, match="scale"):
         guidance.check_scale(scale)
     sampler = guidance.GuidedSampler(NoiseSchedule.cosine(50), steps=5)
-    tokens, mask = _prompts()
+    tokens, mask = tiny_prompts()
     with pytest.raises(ValueError, match="scale"):
-        sampler(_model(), (tokens, mask), jnp.zeros((3, 16, 16, 3)), scale=scale)
+        sampler(tiny_text_to_image(), (tokens, mask), jnp.zeros((3, 16, 16, 3)), scale=scale)
 
 
 def test_guided_sampler_shapes_range_and_determinism():
     sampler = guidance.GuidedSampler(NoiseSchedule.cosine(50), steps=5)
-    tokens, mask = _prompts()
-    model = _model()
+    tokens, mask = tiny_prompts()
+    model = tiny_text_to_image()
     x_T = jax.random.normal(jax.random.key(3), (3, 16, 16, 3))
     a, nfe = sampler(model, (tokens, mask), x_T, scale=2.0)
     b, _ = sampler(model, (tokens, mask), x_T, scale=2.0)
@@ -77,8 +54,8 @@ def test_guided_sampler_shapes_range_and_determinism():
 
 
 def test_condition_dropout():
-    model = _model()
-    tokens, mask = _prompts()
+    model = tiny_text_to_image()
+    tokens, mask = tiny_prompts()
     images = jax.random.uniform(jax.random.key(0), (3, 16, 16, 3), minval=-1, maxval=1)
     sched = NoiseSchedule.cosine(50)
     key = jax.random.key(4)
@@ -142,7 +119,7 @@ def test_guided_sampler_reads_a_v_network_as_v():
     # An exact v-network for known clean images: DDIM (eta 0) told that it predicts v
     # lands on the image of the prompt (scale 1) or of the empty prompt (scale 0) ...
     schedule, oracle, x0_cond, x0_uncond = _oracle_setup("v")
-    tokens, mask = _prompts()
+    tokens, mask = tiny_prompts()
     x_T = jax.random.normal(jax.random.key(5), (3, 16, 16, 3))
 
     def run(schedule, model, steps, scale, **options):
@@ -165,7 +142,7 @@ def test_guided_sampler_reads_a_v_network_as_v():
 
 def test_guided_sample_on_an_explicit_grid_matches_the_sampler_and_starts_late():
     schedule, oracle, x0_cond, _ = _oracle_setup("v", steps=100)
-    tokens, mask = _prompts()
+    tokens, mask = tiny_prompts()
     grid = samplers.ddim_timesteps(schedule.num_timesteps, 8)[::-1]
     x_T = jax.random.normal(jax.random.key(6), (3, 16, 16, 3))
     full, nfe = guidance.guided_sample(
@@ -208,7 +185,7 @@ def test_guided_sample_on_an_explicit_grid_matches_the_sampler_and_starts_late()
 @pytest.mark.parametrize("prediction", ["v", "epsilon"])
 def test_predict_x0_of_an_exact_network_is_the_image(prediction):
     schedule, oracle, x0_cond, x0_uncond = _oracle_setup(prediction)
-    tokens, mask = _prompts()
+    tokens, mask = tiny_prompts()
     noise = jax.random.normal(jax.random.key(7), x0_cond.shape)
 
     def estimate(mask, t):

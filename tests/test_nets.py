@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import assert_every_param_gets_a_gradient
+from conftest import (
+    TINY_VOCAB,
+    assert_every_param_gets_a_gradient,
+    tiny_prompts,
+    tiny_text_to_image,
+)
 from diffbook import nets
 
 
@@ -72,34 +77,11 @@ def test_sinusoidal_embedding():
 
 
 # ------------------------------------------------------------------ text to image
-VOCAB = 12
-
-
-def _text_to_image(seed=0):
-    model = nets.TextToImage(
-        VOCAB,
-        max_len=4,
-        text_dim=16,
-        text_layers=1,
-        channels=(8, 16),
-        emb_dim=16,
-        rngs=nnx.Rngs(seed),
-    )
-    # The output convolution starts at zero (the untrained model predicts zeros);
-    # give it weights so that the inputs' influence can be seen.
-    kernel = model.unet.out.kernel
-    kernel[...] = 0.1 * jax.random.normal(jax.random.key(seed + 1), kernel.shape)
-    return model
-
-
-def _prompts():
-    tokens = jnp.array([[2, 3, 0, 0], [4, 5, 6, 0], [7, 0, 0, 0]], jnp.int32)
-    return tokens, tokens > 0
 
 
 def test_text_to_image_every_parameter_gets_a_gradient():
-    model = _text_to_image()
-    tokens, mask = _prompts()
+    model = tiny_text_to_image()
+    tokens, mask = tiny_prompts()
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     # Compiled: op by op, the gradient of this model takes far longer.
     grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x, jnp.full((3,), 0.3), tokens, mask) ** 2)))(
@@ -117,8 +99,8 @@ def test_text_to_image_every_parameter_gets_a_gradient():
 
 
 def test_text_to_image_ignores_padding_and_reads_the_prompt():
-    model = _text_to_image()
-    tokens, mask = _prompts()
+    model = tiny_text_to_image()
+    tokens, mask = tiny_prompts()
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     u = jnp.full((3,), 0.5)
     out = model(x, u, tokens, mask)
@@ -134,8 +116,8 @@ def test_text_to_image_ignores_padding_and_reads_the_prompt():
 
 
 def test_null_condition_is_the_empty_prompt():
-    model = _text_to_image()
-    tokens, mask = _prompts()
+    model = tiny_text_to_image()
+    tokens, mask = tiny_prompts()
     null = model.null_condition(tokens, mask)
     assert isinstance(null, tuple) and len(null) == 2
     assert null[0].shape == tokens.shape and null[1].shape == mask.shape
@@ -157,7 +139,7 @@ def test_cross_attention_ignores_masked_context():
 
 
 def test_text_encoder_rejects_bad_input():
-    enc = nets.TextEncoder(VOCAB, 8, max_len=4, layers=1, rngs=nnx.Rngs(0))
+    enc = nets.TextEncoder(TINY_VOCAB, 8, max_len=4, layers=1, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="max_len"):
         enc(jnp.zeros((2, 5), jnp.int32), jnp.ones((2, 5), bool))
     with pytest.raises(ValueError, match="shape"):
