@@ -252,4 +252,5 @@ def cell_code() -> str:
       The source text, ending with a newline.
     """
     text = open(__file__, encoding="utf-8").read()
-    return text.split("# cell: begin\n", 1)[1].split("# cell: end\n", 1)[0]
+    code = text.split("# cell: begin\n", 1)[1].split("# cell: end\n", 1)[0]
+    return code.rstrip("\n") + "\n"  # the formatter leaves blank lines before the marker
