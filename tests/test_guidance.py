@@ -119,6 +119,12 @@ def test_stochastic_guided_samplers_need_a_key():
         schedule, model, (labels,), x_T, jax.random.key(0), scale=1.0, sampler="ancestral"
     )
     assert x.shape == x_T.shape and nfe == 20
+    compiled = guidance.GuidedSampler(schedule, sampler="ancestral", clip_x0=False)
+    with pytest.raises(ValueError, match="key"):
+        compiled(model, (labels,), x_T, scale=1.0)
+    np.testing.assert_allclose(
+        compiled(model, (labels,), x_T, jax.random.key(0), scale=1.0)[0], x, atol=1e-5
+    )
 
 
 def test_bad_guidance_inputs_raise():

@@ -214,6 +214,11 @@ def test_ddim_with_50_steps_is_biased_and_its_error_is_discretisation(exact_spre
     assert nfe == counted == 200
     w_err, ratio = _errors(x, exact_spread)
     assert np.all(w_err < exact_spread["weight"]) and ratio < exact_spread["w1_ratio"]
+    # An explicit grid replaces the chapter's default of 50 steps.
+    grid = samplers.ddim_timesteps(1000, 200)[::-1]
+    same, nfe, _ = _run_with_oracle("ddim", timesteps=grid)
+    assert nfe == 200
+    np.testing.assert_array_equal(same, x)
 
 
 def test_annealed_langevin_overweights_the_middle_mode(exact_spread):

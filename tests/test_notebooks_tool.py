@@ -144,6 +144,26 @@ def test_a_marker_that_names_nothing_or_stands_above_no_definition_fails(twins):
     assert len(problems) == 1 and "does not exist" in problems[0]
     problems, _ = twins("# twin: {module}.normalised\n\ndef normalised(x):\n    return x")
     assert len(problems) == 1 and "stands above no def or class" in problems[0]
+    # A marker that does not parse as one is reported, not skipped: its function would
+    # otherwise go unchecked.
+    for bad in (
+        "# Twin: {module}.normalised",
+        "# twin: {module}.normalised  (a copy)",
+        "# twin {module}.normalised",
+    ):
+        problems, _ = twins(bad + "\ndef normalised(x):\n    return x")
+        assert len(problems) == 1 and "malformed twin marker" in problems[0], (bad, problems)
+
+
+def test_a_call_that_does_more_than_check_is_compared():
+    # checkpoint(...) and checkify(...) start with "check" but change what runs.
+    import ast
+
+    tools = _tools()
+    for call in ("jax.checkpoint(f)", "checkify.checkify(f)", "self.checkpoint(x)"):
+        assert not tools._is_check_call(ast.parse(call).body[0].value), call
+    for call in ("checks.positive_int(n, 'n')", "positive_int(n, 'n')", "_check_shape(x)"):
+        assert tools._is_check_call(ast.parse(call).body[0].value), call
 
 
 def test_check_fails_when_a_chapter_twin_drifts_from_diffbook(tmp_path, capsys):

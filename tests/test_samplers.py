@@ -218,6 +218,8 @@ def test_bad_sampler_settings_raise():
         samplers.ddpm_sample(schedule, fn, x, key, steps=5)
     with pytest.raises(ValueError, match="eta"):
         samplers.ddim_sample(schedule, fn, x, steps=2, eta=-1.0)
+    with pytest.raises(ValueError, match="give a key"):  # the step alone checks it too
+        schedule.ddim_step(x, 5, 4, x, eta=0.5)
     with pytest.raises(ValueError, match="give a key"):
         samplers.ddim_sample(schedule, fn, x, steps=2, eta=0.5)
     with pytest.raises(ValueError, match="prediction"):

@@ -21,7 +21,7 @@ method that diffbook keeps (``diffbook.schedules.NoiseSchedule.step`` names a me
 The two are compared as syntax trees, after leaving out what does not bear behaviour: the
 definition's own name, docstrings, comments, the type annotations of arguments and return
 values, and statements that only validate arguments (an ``if`` whose body only raises, a
-bare ``checks.xxx(...)`` or ``check*``/``_check*(...)`` call, ``x = checks.xxx(x, ...)``):
+bare ``checks.xxx(...)`` or ``check_*``/``_check_*(...)`` call, ``x = checks.xxx(x, ...)``):
 the library checks its arguments, the chapter trusts its caller.  A chapter's name for
 another marked definition counts as its twin's name.  Everything else (constants,
 operators, calls, argument names and defaults, keywords, local names) must match; each
@@ -218,6 +218,10 @@ def install_cell_problems(md: Path) -> list[str]:
 # -- one source for chapter and library: `# twin:` markers ------------------------------------
 
 TWIN = re.compile(r"^\s*#\s*twin:\s*(\S*)\s*$")
+# Anything that looks like a marker: a comment starting with "twin", in any case. A line
+# that matches this but not TWIN is a malformed marker, reported rather than ignored (an
+# ignored marker would leave its function unchecked without a word).
+TWIN_LIKE = re.compile(r"^\s*#\s*twin\b", re.IGNORECASE)
 _MAGIC = re.compile(r"^\s*[%!]")
 _SYMBOLS = {
     "Add": "+",
@@ -259,7 +263,7 @@ _CHECK_HELPERS = ("positive_int", "finite_number", "one_of")
 
 def _is_check_call(node) -> bool:
     """A call of ``checks.anything(...)``, of a helper of ``diffbook.checks`` imported by
-    name, or of a function named ``check*``/``_check*``."""
+    name, or of a function named ``check_*``/``_check_*``."""
     if not isinstance(node, ast.Call):
         return False
     func = node.func
@@ -270,7 +274,8 @@ def _is_check_call(node) -> bool:
     ):
         return True
     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-    return name.startswith(("check", "_check")) or name in _CHECK_HELPERS
+    # check_* and _check_* only: names such as checkpoint or checkify do more than check.
+    return name.startswith(("check_", "_check_")) or name in _CHECK_HELPERS
 
 
 def _is_validation(stmt) -> bool:
@@ -334,7 +339,7 @@ def normalise(node, renames=None):
     annotations of arguments and return values; and statements that only validate
     arguments, because the library checks what the chapter's code trusts its caller to
     pass: an ``if`` whose body only raises, a bare call of ``checks.anything(...)`` or of a
-    function whose name starts with ``check`` or ``_check``, and ``x = checks.f(x, ...)``.
+    function whose name starts with ``check_`` or ``_check_``, and ``x = checks.f(x, ...)``.
     ``renames`` maps a chapter's names of other marked definitions to their twins' names
     (the chapter's ``kl_to_prior`` is the library's ``kl_to_standard_normal``, so a call of
     one is a call of the other). Everything else must match: constants (``1`` is not
@@ -485,9 +490,15 @@ def twin_problems(md: Path) -> list[str]:
     for first, source in _code_cells(md):
         lines = source.split("\n")
         markers = [(i + 1, m.group(1)) for i, line in enumerate(lines) if (m := TWIN.match(line))]
+        offset = first - 1 if first is not None else 0
+        for i, line in enumerate(lines):
+            if TWIN_LIKE.match(line) and not TWIN.match(line):
+                problems.append(
+                    f"{shown}:{offset + i + 1}: a malformed twin marker {line.strip()!r}"
+                    " (write `# twin: diffbook.module.name`, nothing else on the line)"
+                )
         if not markers:
             continue
-        offset = first - 1 if first is not None else 0
         blanked = "\n".join("" if _MAGIC.match(line) else line for line in lines)
         try:
             tree = ast.parse(blanked)

@@ -156,7 +156,8 @@ def bench_ddpm(args) -> dict:
     )
     graphdef, state = nnx.split(ema)
     shape = (args.num_samples, 8, 8, 1)
-    steps = args.steps or (50 if args.sampler in ("ddim", "sde") else cfg.num_timesteps)
+    # The ODE without --steps chooses its steps adaptively: no fixed number to report.
+    steps = args.steps or {"ddim": 50, "sde": 50, "ode": None}.get(args.sampler, cfg.num_timesteps)
 
     # "ddpm" is the registry's "ancestral"; every other name is a key of SAMPLERS.
     name = "ancestral" if args.sampler == "ddpm" else args.sampler

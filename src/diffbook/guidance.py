@@ -157,6 +157,11 @@ def guided_model_fn(model, cond, scale) -> Callable:
     return _guided(model, _check_condition(model, cond), check_scale(scale))
 
 
+def _is_deterministic(sampler: str, options: dict) -> bool:
+    """Whether the sampler draws no noise: the ODE, and DDIM with eta = 0."""
+    return sampler == "ode" or (sampler == "ddim" and options.get("eta", 0.0) == 0.0)
+
+
 def guided_sample(
     schedule: NoiseSchedule,
     model,
@@ -192,8 +197,7 @@ def guided_sample(
     """
     if sampler not in samplers.SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(samplers.SAMPLERS)}, got {sampler!r}")
-    deterministic = sampler == "ode" or (sampler == "ddim" and options.get("eta", 0.0) == 0.0)
-    if key is None and not deterministic:
+    if key is None and not _is_deterministic(sampler, options):
         raise ValueError(f"sampler {sampler!r} adds noise: give a key")
     fn = guided_model_fn(model, cond, scale)
     return samplers.SAMPLERS[sampler](schedule, fn, x_T, key, **options)
@@ -209,7 +213,8 @@ class GuidedSampler:
     Args:
       schedule: the training schedule.
       sampler: a key of :data:`diffbook.samplers.SAMPLERS` (default "ddim").
-      clip_x0: clip each predicted clean sample to [-1, 1] (default True: images).
+      clip_x0: clip each predicted clean sample to [-1, 1].  Unlike the samplers
+        themselves (default False), this class clips by default: it is meant for images.
       **options: the sampler's other options (``steps``, ``prediction``, ...).
 
     Raises:
@@ -224,6 +229,7 @@ class GuidedSampler:
         if sampler == "ddim" and options.get("steps") is not None:
             samplers.ddim_timesteps(schedule.num_timesteps, options["steps"])  # checks steps
         self.schedule, self.sampler = schedule, sampler
+        self._deterministic = _is_deterministic(sampler, options)
 
         def run(model, cond, x_T, key, scale):
             fn = _guided(model, cond, scale)
@@ -238,15 +244,15 @@ class GuidedSampler:
           model: a conditioned model.
           cond: the condition, a tuple of arrays with first axis B.
           x_T: the starting noise, (B, ...).
-          key: PRNG key (only stochastic samplers use it).
+          key: PRNG key; required by the stochastic samplers, unused by the others.
           scale: the guidance scale, a number >= 0 (a traced input: no recompiling).
 
         Returns:
           ``(x, nfe)`` as :func:`guided_sample` returns them.
 
         Raises:
-          TypeError, ValueError: for a bad ``scale`` or ``cond``, or ``cond`` whose
-            batch differs from ``x_T``'s.
+          TypeError, ValueError: for a bad ``scale`` or ``cond``, ``cond`` whose
+            batch differs from ``x_T``'s, or a stochastic sampler without ``key``.
         """
         scale = finite_number(scale, "scale", minimum=0.0)
         cond = _check_condition(model, cond)
@@ -255,5 +261,7 @@ class GuidedSampler:
                 f"cond's arrays must have x_T's batch size {x_T.shape[0]}, got "
                 f"shapes {[c.shape for c in cond]}"
             )
-        key = jax.random.key(0) if key is None else key
+        if key is None and not self._deterministic:
+            raise ValueError(f"sampler {self.sampler!r} adds noise: give a key")
+        key = jax.random.key(0) if key is None else key  # unused by a deterministic sampler
         return self._run(model, cond, x_T, key, jnp.float32(scale))

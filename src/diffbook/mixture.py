@@ -565,10 +565,13 @@ def draw(
       number of network calls.
 
     Raises:
-      ValueError: for an unknown ``name`` or a bad ``n``.
+      TypeError, ValueError: for an unknown ``name`` or a bad ``n``.
     """
     from .checks import positive_int
 
     positive_int(n, "n")
-    options = {**SAMPLER_OPTIONS.get(name, {}), **options}
+    defaults = dict(SAMPLER_OPTIONS.get(name, {}))
+    if "timesteps" in options:  # an explicit grid replaces the default number of steps
+        defaults.pop("steps", None)
+    options = {**defaults, **options}
     return samplers.sample(name, schedule, net, key, (n, 1), prediction=prediction, **options)

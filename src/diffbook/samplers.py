@@ -13,8 +13,11 @@ network predicts ("epsilon", "x0" or "v"); ``clip_x0`` clips every predicted cle
 sample to [-1, 1] (right for images, wrong for unbounded data).  The sampler
 returns the samples, of ``x_T``'s shape, and ``nfe``, the number of calls of
 ``model_fn`` it made (a call on a doubled batch, as classifier-free guidance makes,
-counts once).  :data:`SAMPLERS` names them all; :func:`sample` draws the starting
-noise and runs one by name.
+counts once).  Two samplers need a number of steps: ``ddim`` (``steps`` or an explicit
+``timesteps`` grid) and ``sde``; the ancestral ones (``ancestral``, ``pc``,
+``annealed_langevin``) visit all ``T`` timesteps and accept only ``steps=None`` or ``T``;
+``ode`` chooses its steps adaptively unless given.  :data:`SAMPLERS` names them all;
+:func:`sample` draws the starting noise and runs one by name.
 
 ``ode_solve`` integrates ``dx/dt = velocity(t, x)`` with diffrax, for a whole batch
 at once, and reports how many times the velocity (the network) was evaluated.
@@ -165,6 +168,7 @@ def ddpm_sample(
 
     Raises:
       TypeError: if ``schedule`` is not a NoiseSchedule.
+      TypeError: if ``steps`` is not an int.
       ValueError: for ``steps`` other than None or T, or an unknown ``prediction``.
     """
     _check_common(schedule, x_T, prediction)
@@ -444,7 +448,8 @@ def pc_sample(
       predictor, ``T corrector_steps + 1`` without.
 
     Raises:
-      ValueError: for a bad ``steps``, ``corrector_steps``, ``snr`` or ``predictor``.
+      TypeError, ValueError: for a bad ``steps``, ``corrector_steps``, ``snr`` or
+        ``predictor``.
     """
     _check_common(schedule, x_T, prediction)
     _full_chain(schedule, steps, "pc_sample")

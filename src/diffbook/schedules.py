@@ -201,7 +201,9 @@ class NoiseSchedule:
           prediction: what the network predicts: "epsilon", "x0" or "v".
           clip_x0: clip ``x0`` to [-1, 1] (for data that lives there) and recompute
             ``eps`` from the clipped ``x0`` so that the pair still satisfies
-            ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``.  Every sampler clips here.
+            ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``.  The discrete samplers clip here; the
+            continuous ones (``samplers.probability_flow``, ``reverse_sde``) apply the
+            same rule to their final clean sample.
 
         Returns:
           ``(x0, eps)``, each of the shape of ``x_t``.
@@ -296,6 +298,8 @@ class NoiseSchedule:
         Returns:
           :class:`StepOutput` ``(prev_sample, pred_x0)``, both of ``x_t``'s shape.
         """
+        if key is None and not (isinstance(eta, (int, float)) and eta == 0):
+            raise ValueError("eta > 0 adds noise: give a key")
         tb = jnp.full((x_t.shape[0],), t, jnp.int32)
         x0, eps = self.to_x0_eps(model_output, x_t, tb, prediction, clip_x0=clip_x0)
         ab = self.alpha_bars[t]
