@@ -17,8 +17,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +85,8 @@ def gaussian_oracle(schedule, m: float, s: float, prediction: str = "epsilon"):
     ``alpha_bars[t]`` at ``u = t / T``, so discrete and continuous samplers alike call it.
     """
 
+    import jax.numpy as jnp
+
     def model_fn(x, u):
         a = schedule.alpha_bar_at(u).reshape((-1,) + (1,) * (x.ndim - 1))
         d = a * s**2 + 1 - a
@@ -107,10 +107,14 @@ class CallCounter:
         self.calls += 1
 
     def __call__(self, x, u):
+        import jax
+
         jax.debug.callback(self._tick)
         return self.model_fn(x, u)
 
     def count(self) -> int:
+        import jax
+
         jax.effects_barrier()
         return self.calls
 
@@ -172,6 +176,7 @@ def tiny_text_to_image(seed: int = 0):
     The output convolution starts at zero (an untrained model predicts zeros); it
     gets random weights here so that the inputs' influence can be seen.
     """
+    import jax
     from flax import nnx
 
     from diffbook import nets
@@ -192,5 +197,7 @@ def tiny_text_to_image(seed: int = 0):
 
 def tiny_prompts():
     """Word ids (3, 4) of three prompts of 2, 3 and 1 words, and their padding mask."""
+    import jax.numpy as jnp
+
     tokens = jnp.array([[2, 3, 0, 0], [4, 5, 6, 0], [7, 0, 0, 0]], jnp.int32)
     return tokens, tokens > 0
