@@ -403,12 +403,8 @@ def langevin(score: Callable, x: jax.Array, key: jax.Array, *, steps: int, step_
 def _score_at(schedule, model_fn, x, u, prediction, clip_x0=False):
     """(x0, eps, score) of the network at continuous time ``u`` (a scalar)."""
     ab = schedule.alpha_bar_at(u)
-    x0, eps = split_prediction(
-        model_fn(x, jnp.full((x.shape[0],), u, jnp.float32)), x, ab, prediction
-    )
-    if clip_x0:
-        x0 = jnp.clip(x0, -1.0, 1.0)
-        eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+    out = model_fn(x, jnp.full((x.shape[0],), u, jnp.float32))
+    x0, eps = split_prediction(out, x, ab, prediction, clip_x0=clip_x0)
     return x0, eps, -eps / jnp.sqrt(1.0 - ab)
 
 

@@ -201,9 +201,8 @@ class NoiseSchedule:
           prediction: what the network predicts: "epsilon", "x0" or "v".
           clip_x0: clip ``x0`` to [-1, 1] (for data that lives there) and recompute
             ``eps`` from the clipped ``x0`` so that the pair still satisfies
-            ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``.  The discrete samplers clip here; the
-            continuous ones (``samplers.probability_flow``, ``reverse_sde``) apply the
-            same rule to their final clean sample.
+            ``x_t = sqrt(ab) x0 + sqrt(1 - ab) eps``.  Every sampler clips through
+            :func:`split_prediction`, which this calls.
 
         Returns:
           ``(x0, eps)``, each of the shape of ``x_t``.
@@ -212,11 +211,7 @@ class NoiseSchedule:
           ValueError: for an unknown ``prediction``.
         """
         ab = self._at(self.alpha_bars, t, x_t.ndim)
-        x0, eps = split_prediction(model_output, x_t, ab, prediction)
-        if clip_x0:
-            x0 = jnp.clip(x0, -1.0, 1.0)
-            eps = (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
-        return x0, eps
+        return split_prediction(model_output, x_t, ab, prediction, clip_x0=clip_x0)
 
     def posterior(self, x0: jax.Array, x_t: jax.Array, t) -> tuple[jax.Array, jax.Array]:
         """Mean and variance of q(x_{t-1} | x_t, x0) (Ho et al. 2020, eq. 7).
@@ -335,18 +330,30 @@ class NoiseSchedule:
 
 
 def split_prediction(
-    model_output: jax.Array, x_t: jax.Array, alpha_bar, prediction: str = "epsilon"
+    model_output: jax.Array,
+    x_t: jax.Array,
+    alpha_bar,
+    prediction: str = "epsilon",
+    *,
+    clip_x0: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
     """``(x0, eps)`` from a prediction of kind ``prediction`` at noise level ``alpha_bar``.
 
     ``alpha_bar`` must broadcast against ``x_t``.  With ``a = sqrt(alpha_bar)`` and
     ``s = sqrt(1 - alpha_bar)``: ``x_t = a x0 + s eps`` and ``v = a eps - s x0``,
-    so ``x0 = a x_t - s v`` and ``eps = s x_t + a v``.
+    so ``x0 = a x_t - s v`` and ``eps = s x_t + a v``.  With ``clip_x0``, ``x0`` is
+    clipped to [-1, 1] and ``eps`` recomputed from it, so the pair still explains
+    ``x_t``: the one place where every sampler clips.
     """
     one_of(prediction, "prediction", PREDICTIONS)
     a, s = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
     if prediction == "epsilon":
-        return (x_t - s * model_output) / a, model_output
-    if prediction == "x0":
-        return model_output, (x_t - a * model_output) / s
-    return a * x_t - s * model_output, s * x_t + a * model_output
+        x0, eps = (x_t - s * model_output) / a, model_output
+    elif prediction == "x0":
+        x0, eps = model_output, (x_t - a * model_output) / s
+    else:
+        x0, eps = a * x_t - s * model_output, s * x_t + a * model_output
+    if clip_x0:
+        x0 = jnp.clip(x0, -1.0, 1.0)
+        eps = (x_t - a * x0) / s
+    return x0, eps
