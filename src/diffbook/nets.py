@@ -192,6 +192,37 @@ class TextEncoder(nnx.Module):
         return self.out_norm(h), mask
 
 
+class LabelEmbedding(nnx.Module):
+    """A learned vector per class label, plus one for "no class".
+
+    ``labels`` (B,) in ``0..num_classes`` -> ``(B, dim)``; the label ``num_classes``
+    is the null class that classifier-free guidance trains with condition dropout.
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, rngs: nnx.Rngs):
+        self.num_classes = num_classes
+        self.embed = nnx.Embed(num_classes + 1, dim, rngs=rngs)
+
+    def __call__(self, labels: jax.Array, batch: int) -> jax.Array:
+        labels = jnp.asarray(labels)
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},), got {labels.shape}")
+        if not isinstance(labels, jax.core.Tracer):
+            bad = (labels < 0) | (labels > self.num_classes)
+            if bool(bad.any()):
+                raise ValueError(
+                    f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, "
+                    f"no class), got {labels[bad][:5].tolist()}"
+                )
+        return self.embed(labels)
+
+    def null(self, labels: jax.Array) -> jax.Array:
+        """The "no class" label, of ``labels``' shape."""
+        return jnp.full_like(jnp.asarray(labels), self.num_classes)
+
+
 class UNet(nnx.Module):
     """A time-conditioned U-Net for small images, ``(B, H, W, C), (B,) -> (B, H, W, C)``.
 
@@ -209,6 +240,11 @@ class UNet(nnx.Module):
         ``model(x, t, context, context_mask)``.
       cross_attention_levels: which levels get cross-attention (0 is the full
         resolution); default: every level but the first, where it costs most.
+      num_classes: if given, the model is conditioned on a class label in
+        ``0..num_classes - 1``: a learned embedding of the label is added to the
+        time embedding.  The extra label ``num_classes`` means "no class" (the
+        unconditional model of classifier-free guidance, see
+        :meth:`null_condition`).  Call it as ``model(x, t, labels)``.
       rngs: ``nnx.Rngs`` for the initial parameters.
 
     The output layer starts at zero, so an untrained model predicts zeros.
@@ -224,6 +260,7 @@ class UNet(nnx.Module):
         out_channels: int | None = None,
         context_dim: int | None = None,
         cross_attention_levels: Sequence[int] | None = None,
+        num_classes: int | None = None,
         rngs: nnx.Rngs,
     ):
         channels = tuple(channels)
@@ -289,14 +326,33 @@ class UNet(nnx.Module):
         self.out = nnx.Conv(
             channels[0], out_channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs
         )
+        # Built last, so that the other layers draw the same initial weights with
+        # or without it.
+        self.num_classes = checks.positive_int(num_classes, "num_classes", allow_none=True)
+        self.label_embed = (
+            None if num_classes is None else LabelEmbedding(self.num_classes, emb_dim, rngs=rngs)
+        )
 
     def __call__(
         self,
         x: jax.Array,
         t: jax.Array,
+        labels: jax.Array | None = None,
+        *,
         context: jax.Array | None = None,
         context_mask: jax.Array | None = None,
     ) -> jax.Array:
+        """The prediction for noisy images ``x`` (B, H, W, C) at times ``t`` (B,).
+
+        ``labels`` (B,) ints are required exactly when the model was built with
+        ``num_classes``; ``context`` (B, L, context_dim) and ``context_mask`` (B, L)
+        exactly when it was built with ``context_dim``.
+        """
+        if (labels is None) != (self.num_classes is None):
+            raise ValueError(
+                "labels must be given exactly when the U-Net was built with "
+                f"num_classes (num_classes={self.num_classes})"
+            )
         if (context is None) != (self.context_dim is None):
             raise ValueError(
                 "context must be given exactly when the U-Net was built with "
@@ -309,6 +365,8 @@ class UNet(nnx.Module):
             raise ValueError(f"x's height and width must divide by {factor}, got {x.shape[1:3]}")
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
         emb = self.time(t)
+        if labels is not None:
+            emb = emb + self.label_embed(labels, x.shape[0])
         if context is not None:
             if context_mask is None:
                 context_mask = jnp.ones(context.shape[:2], bool)
@@ -341,6 +399,22 @@ class UNet(nnx.Module):
             if level in cross:
                 h = self.cross_up[cross[level]](h, context, context_mask)
         return self.out(nnx.silu(self.out_norm(h)))
+
+    def null_condition(self, labels: jax.Array) -> tuple[jax.Array]:
+        """The "no class" condition that classifier-free guidance uses.
+
+        Args:
+          labels: ``(B,)`` int class labels.
+
+        Returns:
+          ``(null_labels,)``: a tuple of one ``(B,)`` array full of ``num_classes``.
+
+        Raises:
+          ValueError: if the U-Net was built without ``num_classes``.
+        """
+        if self.label_embed is None:
+            raise ValueError("null_condition needs a U-Net built with num_classes")
+        return (self.label_embed.null(labels),)
 
 
 def unet_from_recipe(cfg, *, in_channels: int = 1, seed: int = 0) -> UNet:
@@ -429,7 +503,7 @@ class TextToImage(nnx.Module):
           model was trained on.
         """
         context, context_mask = self.text(tokens, mask)
-        return self.unet(x, u, context, context_mask)
+        return self.unet(x, u, context=context, context_mask=context_mask)
 
     def null_condition(self, tokens: jax.Array, mask: jax.Array) -> tuple:
         """The "empty prompt" inputs that classifier-free guidance uses.
