@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from diffbook import data
+from diffbook import class_conditional, data
 
 
 def _bench(chapter, *options, keys=()):
@@ -211,3 +211,47 @@ def test_bench_rejects_counts_below_their_minimum():
         assert out.returncode == 2 and f"argument {name}: must be an int >=" in out.stderr, (
             out.stderr
         )
+
+
+def test_class_conditional_bench_saves_labelled_samples(tmp_path):
+    path = tmp_path / "samples.npz"
+    result = _bench(
+        "class_conditional",
+        "--train-steps",
+        "4",
+        "--method",
+        "classifier",
+        "--backbone",
+        "dit",
+        "--per-digit",
+        "61",
+        "--guidance",
+        "2",
+        "--samples",
+        str(path),
+        keys=("sample_s", "nfe", "accuracy", "accuracy_gen", "fd", "fd_gen", "nn_ratio"),
+    )
+    assert result["method"] == "classifier" and result["backbone"] == "dit"
+    assert result["steps"] == 4 and result["guidance"] == 2.0
+    assert result["nfe"] == class_conditional.RECIPE["cpu"]["sample_steps"]
+    saved = np.load(path)
+    _in_range(saved["samples"], (610, 8, 8, 1))
+    np.testing.assert_array_equal(saved["labels"], np.repeat(np.arange(10), 61))
+    np.testing.assert_array_equal(saved["train_indices"], data.split_indices("train"))
+
+
+def test_class_conditional_bench_rejects_bad_options():
+    for options in (
+        ["--method", "ddpm"],
+        ["--backbone", "resnet"],
+        ["--guidance", "-1"],
+        ["--guidance", "nan"],
+        ["--per-digit", "10"],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "diffbook.bench", "class_conditional", *options],
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 2, options
+        assert options[0] in out.stderr, out.stderr

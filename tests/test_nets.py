@@ -26,7 +26,7 @@ def test_every_parameter_gets_a_gradient(channels, attention):
     _randomise_output_layer(model)
     x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
     t = jnp.linspace(0.1, 0.9, 4)
-    assert_every_param_gets_a_gradient(model, lambda m: jnp.sum(m(x, t) ** 2))
+    assert_every_param_gets_a_gradient(model, lambda m: jnp.sum(m(x, t) ** 2), jit=True)
 
 
 @pytest.mark.parametrize("time_embedding, expected", [(False, 1505), (True, 1633)])

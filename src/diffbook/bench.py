@@ -525,6 +525,143 @@ def _vae_options(parser):
     )
 
 
+def bench_class_conditional(args) -> dict:
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from . import class_conditional as cc
+    from . import data, guidance, metrics, samplers, train
+    from .schedules import NoiseSchedule
+
+    cfg = _with_train_steps(config.pick(cc.RECIPE, args.config), args)
+    dit = args.backbone == "dit"
+    if dit:  # the DiT's own steps and learning rate (--train-steps sets them too)
+        steps = args.train_steps or cfg.dit_steps
+        cfg = cfg.replace(steps=steps, peak_lr=cfg.dit_lr, warmup=min(cfg.warmup, steps // 2))
+    if args.train_steps:  # a quick check trains the classifier no longer than the model
+        cfg = cfg.replace(classifier_steps=min(cfg.classifier_steps, args.train_steps))
+    schedule = NoiseSchedule.cosine(cfg.num_timesteps)
+    images, labels = data.load_digits(split="train")
+    key = jax.random.key(args.seed)
+    k_model, k_classifier, k_noise = jax.random.split(key, 3)
+
+    model = cc.make_model(cfg, args.backbone, seed=args.seed)
+    ema, optimizer = train.adamw_with_ema(
+        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
+    )
+
+    def loss_fn(m, batch, k):
+        return guidance.cfg_loss(
+            schedule, m, batch, k, p_uncond=cfg.p_uncond, prediction=cfg.prediction
+        )
+
+    history = train.fit(
+        model,
+        optimizer,
+        loss_fn,
+        (images, labels),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        key=k_model,
+        ema=ema,
+        ema_decay=cfg.ema_decay,
+        ema_warmup=True,
+        progress=False,
+    )
+    classifier_s = classifier_compile_s = 0.0
+    classifier = None
+    if args.method == "classifier":
+        classifier = cc.make_classifier(cfg, seed=args.seed)
+        _, clf_optimizer = train.adamw_with_ema(
+            classifier,
+            peak_lr=cfg.classifier_lr,
+            steps=cfg.classifier_steps,
+            warmup=min(cfg.warmup, cfg.classifier_steps // 2),
+        )
+        clf_history = train.fit(
+            classifier,
+            clf_optimizer,
+            lambda c, batch, k: cc.classifier_loss(schedule, c, batch, k),
+            (images, labels),
+            steps=cfg.classifier_steps,
+            batch_size=cfg.batch_size,
+            key=k_classifier,
+            progress=False,
+        )
+        classifier_s, classifier_compile_s = clf_history.train_s, clf_history.compile_s
+
+    default = cfg.guidance if args.method == "cfg" else cfg.classifier_scale
+    scale = default if args.guidance is None else args.guidance
+    wanted = np.repeat(np.arange(cc.NUM_CLASSES), args.per_digit).astype(np.int32)
+    options = dict(steps=cfg.sample_steps, eta=cfg.eta, prediction=cfg.prediction, clip_x0=True)
+    graphdef, state = nnx.split((ema, classifier))
+
+    @jax.jit
+    def draw(state, key):
+        net, clf = nnx.merge(graphdef, state)
+        y = jnp.asarray(wanted)
+        if args.method == "cfg":
+            fn = guidance.guided_model_fn(net, (y,), scale)
+        else:  # the unconditional model, steered by the classifier
+            (null,) = net.null_condition(y)
+            fn = guidance.classifier_guided_model_fn(
+                schedule,
+                lambda x, u: net(x, u, null),
+                clf,
+                y,
+                scale,
+                prediction=cfg.prediction,
+            )
+        return samplers.sample("ddim", schedule, fn, key, (len(y), 8, 8, 1), **options)
+
+    _, sample_compile_s = _timed(draw, state, k_noise)
+    (samples, nfe), sample_s = _timed(draw, state, jax.random.fold_in(k_noise, 1))
+    samples = np.clip(np.asarray(samples), -1.0, 1.0)
+    if args.samples:
+        np.savez_compressed(
+            args.samples,
+            samples=samples.astype(np.float32),
+            labels=wanted,
+            train_indices=data.split_indices("train"),
+        )
+    quality = metrics.class_conditional_quality(samples, wanted)
+    return _report(
+        "class_conditional",
+        cfg,
+        model,
+        history,
+        loss_window=50,
+        backbone=args.backbone,
+        method=args.method,
+        guidance=scale,
+        compile_s=round(history.compile_s + classifier_compile_s, 2),
+        train_s=round(history.train_s + classifier_s, 2),
+        classifier_s=round(classifier_s, 2),
+        num_samples=int(len(samples)),
+        nfe=int(nfe),
+        sample_compile_s=round(sample_compile_s, 2),
+        sample_s=round(sample_s, 2),
+        **_rounded(quality),
+    )
+
+
+def _class_conditional_options(parser):
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="guidance scale (cfg: s of uncond + s (cond - uncond); classifier: the "
+        "classifier scale); 0: the unguided, unconditional model (default: the recipe's)",
+    )
+    parser.add_argument("--method", choices=["cfg", "classifier"], default="cfg")
+    parser.add_argument("--backbone", choices=["unet", "dit"], default="unet")
+    parser.add_argument(
+        "--per-digit",
+        type=_int_at_least(61),
+        default=100,
+        help="samples of each digit (at least 61, the most held-out images of one digit)",
+    )
+
+
 #: chapter -> (benchmark function, function adding the chapter's own options)
 BENCHMARKS = {
     "flow_matching": (bench_flow_matching, _flow_matching_options),
@@ -532,6 +669,7 @@ BENCHMARKS = {
     "vae": (bench_vae, _vae_options),
     "mixture": (bench_mixture, _mixture_options),
     "emoji": (bench_emoji, _emoji_options),
+    "class_conditional": (bench_class_conditional, _class_conditional_options),
 }
 
 

@@ -19,7 +19,15 @@ with the guidance scale ``s`` (the convention of Ho & Salimans' ``w`` is
 ``s > 1`` extrapolates beyond it.  The same formula serves an epsilon-, x0- or
 v-predicting network: at fixed ``x_t`` and ``t`` each is an affine function of the
 others, so guiding one guides all three alike.  ``s`` may also be a function of
-the time ``u`` (a guidance schedule).
+the time ``u`` (a guidance schedule, :func:`guidance_schedule`).
+
+A model may also define ``model.check_condition(*cond)``, which raises a clear
+error for a bad condition (a class label out of range); :class:`GuidedSampler`
+calls it before compiling, where the model itself can no longer check values.
+
+*Classifier guidance* (Dhariwal & Nichol 2021) needs no conditional network: it
+adds the gradient of a classifier of noisy images to an unconditional model's
+score (:func:`classifier_guided_model_fn`).
 """
 
 from __future__ import annotations
@@ -31,9 +39,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from . import samplers
-from .checks import finite_number
+from .checks import finite_number, one_of
 from .ddpm import diffusion_loss
-from .schedules import NoiseSchedule
+from .schedules import PREDICTIONS, NoiseSchedule
+
+#: The shapes of guidance schedule that :func:`guidance_schedule` knows.
+GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "interval")
 
 
 def check_scale(scale):
@@ -63,7 +74,11 @@ def _check_condition(model, cond) -> tuple:
         )
     if not isinstance(cond, (tuple, list)) or not cond:
         raise TypeError(f"cond must be a non-empty tuple of arrays, got {type(cond).__name__}")
-    return tuple(jnp.asarray(c) for c in cond)
+    cond = tuple(jnp.asarray(c) for c in cond)
+    check = getattr(model, "check_condition", None)
+    if callable(check):
+        check(*cond)
+    return cond
 
 
 def _where_kept(keep, cond, null) -> tuple:
@@ -157,6 +172,147 @@ def guided_model_fn(model, cond, scale) -> Callable:
     return _guided(model, _check_condition(model, cond), check_scale(scale))
 
 
+def _check_interval(interval) -> tuple[float, float]:
+    if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+        raise TypeError(f"interval must be a pair (low, high) of times u, got {interval!r}")
+    low = finite_number(interval[0], "interval[0]", minimum=0.0)
+    high = finite_number(interval[1], "interval[1]", minimum=0.0)
+    if not low < high <= 1.0:
+        raise ValueError(f"interval must satisfy 0 <= low < high <= 1, got {interval!r}")
+    return low, high
+
+
+def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
+    """A guidance scale that changes along the sampling path, as a function of ``u``.
+
+    Every shape is written as ``s(u) = 1 + (scale - 1) * w(u)``: it is the
+    conditional model (``s = 1``) wherever ``w = 0``, and ``scale`` where ``w = 1``.
+    With ``u = t/T`` (1 is pure noise, 0 the data):
+
+    * ``"constant"``: ``w = 1``, the usual fixed scale.
+    * ``"linear"``: ``w = 2 (1 - u)``, no extra guidance at pure noise, the most
+      at the end (Wang et al. 2024's increasing linear schedule).
+    * ``"cosine"``: ``w = 1 + cos(pi u)``, the same but flat at both ends.
+    * ``"interval"``: ``w = 1`` for ``u`` in ``interval`` and 0 outside it:
+      guidance on a limited interval of noise levels (Kynkäänniemi et al. 2024).
+
+    The linear and cosine ``w`` average 1 over ``u`` in [0, 1], so on a uniform grid
+    of steps they spend as much extra guidance as the constant scale does, just
+    at other times.
+
+    Args:
+      kind: one of :data:`GUIDANCE_SCHEDULES`.
+      scale: the scale ``s`` (a number >= 0, or a value traced under ``jit``).
+      interval: ``(low, high)`` with ``0 <= low < high <= 1``, the times ``u`` where
+        ``"interval"`` guides; required for it, refused by the others.
+
+    Returns:
+      ``fn(u) -> s(u)``, an array of ``u``'s shape; pass it as the ``scale`` of
+      :func:`guided_model_fn` or :func:`guided_sample`.
+
+    Raises:
+      ValueError: for an unknown ``kind``, a bad ``scale``, or a missing,
+        unwanted or bad ``interval``.
+    """
+    one_of(kind, "kind", GUIDANCE_SCHEDULES)
+    if callable(scale):
+        raise TypeError("scale must be a number here: guidance_schedule builds the function")
+    scale = check_scale(scale)
+    if (kind == "interval") != (interval is not None):
+        raise ValueError('interval is needed by kind="interval" and only by it')
+    low, high = _check_interval(interval) if interval is not None else (0.0, 1.0)
+
+    def fn(u):
+        u = jnp.asarray(u, jnp.float32)
+        if kind == "constant":
+            w = jnp.ones_like(u)
+        elif kind == "linear":
+            w = 2.0 * (1.0 - u)
+        elif kind == "cosine":
+            w = 1.0 + jnp.cos(jnp.pi * u)
+        else:
+            w = ((u >= low) & (u <= high)).astype(jnp.float32)
+        return 1.0 + (scale - 1.0) * w
+
+    return fn
+
+
+def _check_labels(labels) -> jax.Array:
+    labels = jnp.asarray(labels)
+    if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be a (B,) int array, got {labels.dtype} {labels.shape}")
+    return labels
+
+
+_schedule_fn = guidance_schedule  # for GuidedSampler, whose argument has the same name
+
+
+def classifier_guided_model_fn(
+    schedule: NoiseSchedule,
+    model_fn: Callable,
+    classifier: Callable,
+    labels,
+    scale,
+    *,
+    prediction: str = "epsilon",
+) -> Callable:
+    """Classifier guidance (Dhariwal & Nichol 2021): an unconditional network steered
+    by the gradient of a classifier of noisy images.
+
+    Bayes' rule splits the conditional score,
+    ``grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t)``, and the
+    network's noise prediction is a scaled score,
+    ``eps = -sqrt(1 - alpha_bar) grad log p(x_t)``, so the guided prediction is::
+
+        eps_hat = eps - s * sqrt(1 - alpha_bar) * grad_x log p_classifier(y | x_t, u)
+
+    (Dhariwal & Nichol's Algorithm 2).  ``s = 1`` is the conditional model if
+    the classifier is exact; ``s > 1`` sharpens the class.  For an ``x0``- or
+    ``v``-network the same change is applied in its own units
+    (``x0`` moves by ``-sqrt(1 - alpha_bar) / sqrt(alpha_bar)`` times the change of
+    ``eps``, ``v`` by ``1 / sqrt(alpha_bar)`` times it), so the result can be
+    passed to any sampler with the same ``prediction``.
+
+    Args:
+      schedule: the training schedule (for ``alpha_bar`` at ``u``).
+      model_fn: the unconditional network, ``model_fn(x, u) -> prediction``.
+      classifier: ``classifier(x, u) -> (B, K)`` logits of noisy images.
+      labels: ``(B,)`` ints, the class each sample is steered to.
+      scale: the classifier scale ``s >= 0``, or a function of ``u`` (a schedule).
+      prediction: what ``model_fn`` predicts: "epsilon", "x0" or "v".
+
+    Returns:
+      ``guided(x, u)``, of ``x``'s shape, in the units of ``prediction``.
+
+    Raises:
+      ValueError, TypeError: for a bad ``scale``, ``prediction`` or ``labels``.
+    """
+    one_of(prediction, "prediction", PREDICTIONS)
+    scale = check_scale(scale)
+    labels = _check_labels(labels)
+
+    def log_prob(x, u):
+        # Summed over the batch: example i's gradient depends on its own term only.
+        logp = jax.nn.log_softmax(classifier(x, u))
+        return jnp.take_along_axis(logp, labels[:, None], axis=1).sum()
+
+    def guided(x, u):
+        out = model_fn(x, u)
+        grad = jax.grad(log_prob)(x, u)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        sqrt_ab = jnp.sqrt(schedule.alpha_bar_at(u)).reshape(shape)
+        sqrt_1m_ab = jnp.sqrt(1.0 - schedule.alpha_bar_at(u)).reshape(shape)
+        s = (scale(u) if callable(scale) else jnp.full(u.shape, scale)).reshape(shape)
+        d_eps = -s * sqrt_1m_ab * grad
+        if prediction == "epsilon":
+            return out + d_eps
+        if prediction == "x0":
+            return out - sqrt_1m_ab / sqrt_ab * d_eps
+        return out + d_eps / sqrt_ab
+
+    return guided
+
+
 def _is_deterministic(sampler: str, options: dict) -> bool:
     """Whether the sampler draws no noise: the ODE, and DDIM with eta = 0."""
     return sampler == "ode" or (sampler == "ddim" and options.get("eta", 0.0) == 0.0)
@@ -215,15 +371,29 @@ class GuidedSampler:
       sampler: a key of :data:`diffbook.samplers.SAMPLERS` (default "ddim").
       clip_x0: clip each predicted clean sample to [-1, 1].  Unlike the samplers
         themselves (default False), this class clips by default: it is meant for images.
+      guidance_schedule: how the scale varies along the path, a kind of
+        :func:`guidance_schedule` ("constant" by default); the ``scale`` given at
+        each call is that schedule's ``scale``.
+      interval: the ``(low, high)`` times of ``guidance_schedule="interval"``.
       **options: the sampler's other options (``steps``, ``prediction``, ...).
 
     Raises:
-      ValueError: for an unknown ``sampler``.
+      ValueError: for an unknown ``sampler`` or ``guidance_schedule``, or a bad
+        ``interval``.
     """
 
     def __init__(
-        self, schedule: NoiseSchedule, *, sampler: str = "ddim", clip_x0: bool = True, **options
+        self,
+        schedule: NoiseSchedule,
+        *,
+        sampler: str = "ddim",
+        clip_x0: bool = True,
+        guidance_schedule: str = "constant",
+        interval=None,
+        **options,
     ):
+        # Fails early for a bad kind or interval (the scale is checked per call).
+        _schedule_fn(guidance_schedule, 1.0, interval=interval)
         if sampler not in samplers.SAMPLERS:
             raise ValueError(f"sampler must be one of {tuple(samplers.SAMPLERS)}, got {sampler!r}")
         if sampler == "ddim" and options.get("steps") is not None:
@@ -232,6 +402,8 @@ class GuidedSampler:
         self._deterministic = _is_deterministic(sampler, options)
 
         def run(model, cond, x_T, key, scale):
+            if guidance_schedule != "constant":
+                scale = _schedule_fn(guidance_schedule, scale, interval=interval)
             fn = _guided(model, cond, scale)
             return samplers.SAMPLERS[sampler](schedule, fn, x_T, key, clip_x0=clip_x0, **options)
 

@@ -320,6 +320,59 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
     return out
 
 
+def class_conditional_quality(
+    samples, labels, *, per_digit: bool = True, repeats: int = 20, seed: int = 0
+) -> dict:
+    """Figures of samples drawn for given digit labels, judged against held-out images.
+
+    Args:
+      samples: ``(N, 8, 8, 1)`` in ``[-1, 1]``, at least 599 (the held-out images).
+      labels: ``(N,)`` the digit each sample was drawn for.
+      per_digit: also judge each digit's samples alone (needs at least 61 of each).
+      repeats: random draws of the Fréchet figures (see :func:`digit_quality`).
+      seed: seed of those draws.
+
+    Returns:
+      dict with ``accuracy`` (the fraction the independent classifier of
+      :func:`classify_digits` assigns to the requested digit) beside
+      ``accuracy_gen`` (its accuracy on the held-out real images) and
+      ``accuracy_mem`` (on the training images); the overall ``fd``, ``fd_gen``,
+      ``fd_mem``, ``fd_ratio``, ``nn_ratio`` and ``copies`` of
+      :func:`digit_quality` with ``digit=None``; and with ``per_digit``,
+      ``fd_ratio_per_digit`` (10 floats) and their mean ``fd_ratio_digits``.
+
+    Raises:
+      ValueError: for samples of the wrong shape or range, too few of them (or of
+        one digit, with ``per_digit``), or labels that do not match them.
+      TypeError: for labels that are not integers.
+    """
+    samples = check_images(samples, name="samples", shape=DIGIT_SHAPE)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"labels must be integers 0..9, got dtype {labels.dtype}")
+    if labels.shape != (len(samples),):
+        raise ValueError(f"labels must have shape ({len(samples)},), got {labels.shape}")
+    if np.any((labels < 0) | (labels > 9)):
+        raise ValueError("labels must lie in 0..9")
+    held, held_labels = load_digits(split="held_out")
+    train, train_labels = load_digits(split="train")
+    overall = digit_quality(samples, None, repeats=repeats, seed=seed)
+    out = {
+        "accuracy": float(np.mean(classify_digits(samples) == labels)),
+        "accuracy_gen": float(np.mean(classify_digits(held) == held_labels)),
+        "accuracy_mem": float(np.mean(classify_digits(train) == train_labels)),
+        **{k: overall[k] for k in ("fd", "fd_gen", "fd_mem", "fd_ratio", "nn_ratio", "copies")},
+    }
+    if per_digit:
+        ratios = [
+            digit_quality(samples[labels == d], d, repeats=repeats, seed=seed)["fd_ratio"]
+            for d in range(10)
+        ]
+        out["fd_ratio_per_digit"] = [round(r, 4) for r in ratios]
+        out["fd_ratio_digits"] = float(np.mean(ratios))
+    return out
+
+
 def format_quality(q: dict) -> str:
     """A short table of :func:`digit_quality` figures, each beside its two references.
 

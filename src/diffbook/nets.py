@@ -204,12 +204,26 @@ class LabelEmbedding(nnx.Module):
         self.num_classes = num_classes
         self.embed = nnx.Embed(num_classes + 1, dim, rngs=rngs)
 
-    def __call__(self, labels: jax.Array, batch: int) -> jax.Array:
+    def check(self, labels, batch: int | None = None) -> jax.Array:
+        """Validate class labels and return them as an array.
+
+        Args:
+          labels: ``(B,)`` ints in ``0..num_classes`` (``num_classes`` is "no class").
+          batch: the required ``B``, if known.
+
+        Returns:
+          ``labels`` as a JAX array.
+
+        Raises:
+          TypeError: if the labels are not integers.
+          ValueError: for a wrong shape, or (outside ``jit``) a label out of range.
+        """
         labels = jnp.asarray(labels)
         if not jnp.issubdtype(labels.dtype, jnp.integer):
             raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
-        if labels.shape != (batch,):
-            raise ValueError(f"labels must have shape ({batch},), got {labels.shape}")
+        if labels.ndim != 1 or (batch is not None and labels.shape != (batch,)):
+            want = "(B,)" if batch is None else f"({batch},)"
+            raise ValueError(f"labels must have shape {want}, got {labels.shape}")
         if not isinstance(labels, jax.core.Tracer):
             # Checked in NumPy: inside jit even concrete labels (closed over by the
             # traced function) would give traced comparisons that bool() refuses.
@@ -220,14 +234,54 @@ class LabelEmbedding(nnx.Module):
                     f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, "
                     f"no class), got {values[bad][:5].tolist()}"
                 )
-        return self.embed(labels)
+        return labels
+
+    def __call__(self, labels: jax.Array, batch: int) -> jax.Array:
+        return self.embed(self.check(labels, batch))
 
     def null(self, labels: jax.Array) -> jax.Array:
         """The "no class" label, of ``labels``' shape."""
         return jnp.full_like(jnp.asarray(labels), self.num_classes)
 
 
-class UNet(nnx.Module):
+class LabelConditioned:
+    """What a network with an optional :class:`LabelEmbedding` (``self.label_embed``,
+    ``None`` without classes) offers :mod:`diffbook.guidance`: a null condition and a
+    check of the labels.  :class:`UNet` and :class:`DiT` inherit it."""
+
+    def null_condition(self, labels: jax.Array) -> tuple[jax.Array]:
+        """The "no class" condition that classifier-free guidance uses.
+
+        Args:
+          labels: ``(B,)`` int class labels.
+
+        Returns:
+          ``(null_labels,)``: a tuple of one ``(B,)`` array full of ``num_classes``.
+
+        Raises:
+          ValueError: if the network was built without ``num_classes``.
+        """
+        if self.label_embed is None:
+            raise ValueError(f"null_condition needs a {type(self).__name__} built with num_classes")
+        return (self.label_embed.null(labels),)
+
+    def check_condition(self, labels: jax.Array) -> None:
+        """Check class labels before a compiled sampler uses them (see :mod:`diffbook.guidance`).
+
+        Args:
+          labels: ``(B,)`` ints.
+
+        Raises:
+          TypeError: if they are not integers.
+          ValueError: if the network has no classes, or a label is outside
+            ``0..num_classes`` (``num_classes`` being "no class").
+        """
+        if self.label_embed is None:
+            raise ValueError(f"labels need a {type(self).__name__} built with num_classes")
+        self.label_embed.check(labels)
+
+
+class UNet(LabelConditioned, nnx.Module):
     """A time-conditioned U-Net for small images, ``(B, H, W, C), (B,) -> (B, H, W, C)``.
 
     Args:
@@ -248,7 +302,7 @@ class UNet(nnx.Module):
         ``0..num_classes - 1``: a learned embedding of the label is added to the
         time embedding.  The extra label ``num_classes`` means "no class" (the
         unconditional model of classifier-free guidance, see
-        :meth:`null_condition`).  Call it as ``model(x, t, labels)``.
+        :meth:`~LabelConditioned.null_condition`).  Call it as ``model(x, t, labels)``.
       rngs: ``nnx.Rngs`` for the initial parameters.
 
     The output layer starts at zero, so an untrained model predicts zeros.
@@ -403,22 +457,6 @@ class UNet(nnx.Module):
             if level in cross:
                 h = self.cross_up[cross[level]](h, context, context_mask)
         return self.out(nnx.silu(self.out_norm(h)))
-
-    def null_condition(self, labels: jax.Array) -> tuple[jax.Array]:
-        """The "no class" condition that classifier-free guidance uses.
-
-        Args:
-          labels: ``(B,)`` int class labels.
-
-        Returns:
-          ``(null_labels,)``: a tuple of one ``(B,)`` array full of ``num_classes``.
-
-        Raises:
-          ValueError: if the U-Net was built without ``num_classes``.
-        """
-        if self.label_embed is None:
-            raise ValueError("null_condition needs a U-Net built with num_classes")
-        return (self.label_embed.null(labels),)
 
 
 def unet_from_recipe(cfg, *, in_channels: int = 1, seed: int = 0) -> UNet:
@@ -702,7 +740,7 @@ class DiTBlock(nnx.Module):
         return x + gate_mlp * self.mlp(_modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
-class DiT(nnx.Module):
+class DiT(LabelConditioned, nnx.Module):
     """A Diffusion Transformer for small square images, ``(B, S, S, C), (B,) -> (B, S, S, C)``.
 
     The image is cut into ``p x p`` patches (:func:`patchify`), each patch is
@@ -731,7 +769,7 @@ class DiT(nnx.Module):
       num_classes: if given, the model is conditioned on a class label in
         ``0..num_classes - 1``, whose learned embedding is added to the time
         embedding; the extra label ``num_classes`` means "no class" (see
-        :meth:`null_condition`).  Call it as ``model(x, t, labels)``.
+        :meth:`~LabelConditioned.null_condition`).  Call it as ``model(x, t, labels)``.
       rngs: ``nnx.Rngs`` for the initial parameters.
 
     Raises:
@@ -846,18 +884,79 @@ class DiT(nnx.Module):
         h = self.final_linear(_modulate(self.final_norm(h), shift, scale))  # (B, N, p * p * C)
         return unpatchify(h, self.patch_size, size, size)
 
-    def null_condition(self, labels: jax.Array) -> tuple[jax.Array]:
-        """The "no class" condition that classifier-free guidance uses.
+
+class NoisyClassifier(nnx.Module):
+    """A small convolutional classifier of noisy images, ``(B, H, W, C), (B,) -> (B, K)`` logits.
+
+    The model behind classifier guidance (Dhariwal & Nichol 2021): it reads an
+    image ``x_t`` *and* its noise level ``u`` (through the same FiLM-modulated
+    :class:`ResBlock` as the U-Net) and predicts the class of the clean image that
+    was noised.  Trained only on clean images (``u = 0``) it is an ordinary
+    classifier, which is what the class-conditional chapter shows to fail as a guide.
+
+    Args:
+      in_channels: channels of the image.
+      channels: width of each resolution level; every level after the first
+        halves the resolution.
+      num_classes: number of classes ``K``.
+      emb_dim: width of the time embedding.
+      rngs: ``nnx.Rngs`` for the initial parameters.
+
+    Raises:
+      TypeError, ValueError: for an argument that is not a positive int (or a
+        sequence of them).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: Sequence[int] = (16, 32),
+        *,
+        num_classes: int = 10,
+        emb_dim: int = 32,
+        rngs: nnx.Rngs,
+    ):
+        channels = tuple(checks.positive_int(c, f"channels[{i}]") for i, c in enumerate(channels))
+        if not channels:
+            raise ValueError("channels must be a non-empty sequence of positive ints, got ()")
+        self.in_channels = checks.positive_int(in_channels, "in_channels")
+        self.num_classes = checks.positive_int(num_classes, "num_classes", minimum=2)
+        emb_dim = checks.positive_int(emb_dim, "emb_dim", minimum=2)
+        self.time = TimeEmbedding(emb_dim, rngs=rngs)
+        self.stem = nnx.Conv(self.in_channels, channels[0], (3, 3), rngs=rngs)
+        self.blocks = nnx.List(
+            [
+                ResBlock(channels[max(i - 1, 0)], c, emb_dim, rngs=rngs)
+                for i, c in enumerate(channels)
+            ]
+        )
+        self.pool = nnx.List(
+            [nnx.Conv(c, c, (3, 3), strides=(2, 2), rngs=rngs) for c in channels[:-1]]
+        )
+        self.norm = nnx.GroupNorm(channels[-1], num_groups=_groups(channels[-1]), rngs=rngs)
+        self.head = nnx.Linear(channels[-1], self.num_classes, rngs=rngs)
+
+    def __call__(self, x: jax.Array, u: jax.Array) -> jax.Array:
+        """Class logits of noisy images.
 
         Args:
-          labels: ``(B,)`` int class labels.
+          x: ``(B, H, W, in_channels)`` images at noise level ``u``.
+          u: ``(B,)`` float times in ``[0, 1]`` (0 for clean images), or a scalar.
 
         Returns:
-          ``(null_labels,)``: a tuple of one ``(B,)`` array full of ``num_classes``.
+          ``(B, num_classes)`` logits (unnormalised log-probabilities).
 
         Raises:
-          ValueError: if the DiT was built without ``num_classes``.
+          ValueError: if ``x`` is not ``(B, H, W, in_channels)``.
         """
-        if self.label_embed is None:
-            raise ValueError("null_condition needs a DiT built with num_classes")
-        return (self.label_embed.null(labels),)
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            raise ValueError(f"x must have shape (B, H, W, {self.in_channels}), got {x.shape}")
+        u = jnp.broadcast_to(jnp.asarray(u, jnp.float32), (x.shape[0],))
+        emb = self.time(u)
+        h = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            h = block(h, emb)
+            if i < len(self.pool):
+                h = self.pool[i](h)
+        # Global average pooling: the class does not depend on where a stroke lies.
+        return self.head(nnx.silu(self.norm(h)).mean(axis=(1, 2)))

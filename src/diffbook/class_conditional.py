@@ -1,0 +1,192 @@
+"""Chapter 6, all ten digits on command: its recipes, its networks and its classifier loss.
+
+The guidance itself lives in :mod:`diffbook.guidance` (classifier-free guidance,
+classifier guidance and guidance schedules), the networks in :mod:`diffbook.nets`
+(:class:`~diffbook.nets.UNet` and :class:`~diffbook.nets.DiT` with ``num_classes``,
+:class:`~diffbook.nets.NoisyClassifier`) and the judge in :mod:`diffbook.metrics`
+(:func:`~diffbook.metrics.class_conditional_quality`).  This module holds the
+chapter's two :data:`RECIPE` configurations, builds its models from one of them and
+defines the loss of the noise-aware classifier, which the chapter teaches.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from . import checks
+from .nets import DiT, NoisyClassifier, UNet
+from .schedules import NoiseSchedule
+
+#: The backbones :func:`make_model` builds.
+BACKBONES = ("unet", "dit")
+#: The two ways of guiding that the chapter (and its benchmark) compares.
+METHODS = ("cfg", "classifier")
+#: Number of digit classes.
+NUM_CLASSES = 10
+
+#: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.  ``guidance``
+#: is the chapter's classifier-free scale ``s`` of ``uncond + s * (cond - uncond)``
+#: (1: the conditional model, which measured best on digits) and ``classifier_scale``
+#: its classifier-guidance scale.  Samples are drawn with DDIM, ``eta`` of fresh
+#: noise, ``sample_steps`` steps (``sweep_steps`` in the chapter's sweeps, to save
+#: time); ``dit_steps`` gives the DiT about the U-Net's training time on the machine
+#: the recipe is for.
+RECIPE = {
+    "cpu": dict(
+        channels=(16, 32),
+        emb_dim=64,
+        batch_size=128,
+        steps=1500,
+        peak_lr=3e-3,
+        warmup=100,
+        ema_decay=0.995,
+        p_uncond=0.1,
+        num_timesteps=1000,
+        prediction="v",
+        sample_steps=50,
+        sweep_steps=25,
+        eta=0.5,
+        guidance=1.0,
+        classifier_scale=4.0,
+        classifier_channels=(16, 32),
+        classifier_steps=600,
+        classifier_lr=2e-3,
+        dit_dim=64,
+        dit_depth=4,
+        dit_patch=2,
+        dit_steps=1000,
+        dit_lr=2e-3,
+    ),
+    "accelerator": dict(
+        channels=(64, 128),
+        emb_dim=128,
+        batch_size=512,
+        steps=6000,
+        peak_lr=1e-3,
+        warmup=200,
+        ema_decay=0.999,
+        p_uncond=0.1,
+        num_timesteps=1000,
+        prediction="v",
+        sample_steps=50,
+        sweep_steps=50,
+        eta=0.5,
+        guidance=1.0,
+        classifier_scale=4.0,
+        classifier_channels=(32, 64),
+        classifier_steps=2000,
+        classifier_lr=1e-3,
+        dit_dim=128,
+        dit_depth=6,
+        dit_patch=2,
+        dit_steps=6000,
+        dit_lr=5e-4,
+    ),
+}
+
+
+def make_model(cfg, backbone: str = "unet", *, seed: int = 0) -> UNet | DiT:
+    """The recipe's class-conditional network (10 digits plus "no class").
+
+    Args:
+      cfg: a recipe from :data:`RECIPE` (as :func:`diffbook.config.pick` returns it).
+      backbone: "unet" (:class:`~diffbook.nets.UNet`, widths ``cfg.channels``) or
+        "dit" (:class:`~diffbook.nets.DiT`, ``cfg.dit_dim`` wide, ``cfg.dit_depth``
+        blocks, ``cfg.dit_patch`` pixels a patch).
+      seed: seed of the initial parameters.
+
+    Returns:
+      A model called as ``model(x, u, labels)`` with ``x`` of shape (B, 8, 8, 1),
+      ``u`` (B,) and ``labels`` (B,) ints in 0..10, 10 being "no class".
+
+    Raises:
+      ValueError: for an unknown ``backbone``.
+    """
+    checks.one_of(backbone, "backbone", BACKBONES)
+    seed = checks.positive_int(seed, "seed", minimum=0)
+    if backbone == "unet":
+        return UNet(
+            1, cfg.channels, emb_dim=cfg.emb_dim, num_classes=NUM_CLASSES, rngs=nnx.Rngs(seed)
+        )
+    return DiT(
+        1,
+        8,
+        patch_size=cfg.dit_patch,
+        dim=cfg.dit_dim,
+        depth=cfg.dit_depth,
+        num_classes=NUM_CLASSES,
+        rngs=nnx.Rngs(seed),
+    )
+
+
+def make_classifier(cfg, *, seed: int = 0) -> NoisyClassifier:
+    """The recipe's classifier of noisy digits (for classifier guidance).
+
+    Args:
+      cfg: a recipe from :data:`RECIPE` (its ``classifier_channels`` are used).
+      seed: seed of the initial parameters.
+
+    Returns:
+      A :class:`~diffbook.nets.NoisyClassifier` for (B, 8, 8, 1) images and 10 classes.
+    """
+    seed = checks.positive_int(seed, "seed", minimum=0)
+    return NoisyClassifier(1, cfg.classifier_channels, num_classes=NUM_CLASSES, rngs=nnx.Rngs(seed))
+
+
+def check_labels(labels) -> jax.Array:
+    """Digit labels as an int array, checked.
+
+    Args:
+      labels: ints in 0..9, shape (B,).
+
+    Returns:
+      ``labels`` as an ``int32`` JAX array of shape (B,).
+
+    Raises:
+      TypeError: if they are not integers.
+      ValueError: if they are not 1-D and non-empty, or one is outside 0..9.
+    """
+    arr = jnp.asarray(labels)
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise TypeError(f"labels must be integers 0..9, got dtype {arr.dtype}")
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"labels must have shape (B,) with B >= 1, got {arr.shape}")
+    if bool(((arr < 0) | (arr >= NUM_CLASSES)).any()):
+        bad = sorted(set(arr.tolist()) - set(range(NUM_CLASSES)))
+        raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {bad}")
+    return arr.astype(jnp.int32)
+
+
+def classifier_loss(
+    schedule: NoiseSchedule, classifier, batch, key: jax.Array, *, noisy: bool = True
+) -> jax.Array:
+    """Cross-entropy of a classifier on noised training images.
+
+    Each image is noised to a random timestep ``t`` exactly as the diffusion loss
+    noises it, and the classifier, told ``u = t/T``, must name the digit.  With
+    ``noisy=False`` it sees the clean images at ``u = 0``: an ordinary classifier,
+    the one that fails as a guide.
+
+    Args:
+      schedule: the diffusion model's noise schedule.
+      classifier: ``classifier(x, u) -> (B, K)`` logits.
+      batch: ``(x0, labels)``: images (B, 8, 8, 1) and ints (B,).
+      key: PRNG key for the timesteps and the noise.
+      noisy: noise the images (the default) or not.
+
+    Returns:
+      The mean cross-entropy, a scalar.
+    """
+    x0, labels = batch
+    k_t, k_noise = jax.random.split(key)
+    if noisy:
+        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
+        x = schedule.add_noise(x0, jax.random.normal(k_noise, x0.shape), t)
+        u = schedule.to_u(t)
+    else:
+        x, u = x0, jnp.zeros((x0.shape[0],))
+    logits = classifier(x, u)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
