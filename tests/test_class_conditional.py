@@ -87,6 +87,13 @@ def test_classifier_guidance_rejects_bad_inputs():
         )
     with pytest.raises(ValueError, match="labels"):
         guidance.classifier_guided_model_fn(SCHEDULE, unconditional, classifier, jnp.zeros(2), 1.0)
+    with pytest.raises(ValueError, match="labels"):  # negative labels would wrap round
+        guidance.classifier_guided_model_fn(
+            SCHEDULE, unconditional, classifier, jnp.array([0, -1]), 1.0
+        )
+    clf = nets.NoisyClassifier(1, (8,), num_classes=10, emb_dim=8, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="labels"):  # past the classifier's classes
+        guidance.classifier_guided_model_fn(SCHEDULE, unconditional, clf, jnp.array([3, 10]), 1.0)
     with pytest.raises(ValueError, match="prediction"):
         guidance.classifier_guided_model_fn(
             SCHEDULE, unconditional, classifier, jnp.zeros(2, int), 1.0, prediction="score"
@@ -119,6 +126,8 @@ def test_guidance_schedule_rejects_bad_arguments():
         guidance.guidance_schedule("interval", 2.0, interval=(0.6, 0.5))
     with pytest.raises(ValueError, match="scale"):
         guidance.guidance_schedule("cosine", float("nan"))
+    with pytest.raises(ValueError, match="scale"):  # its weight 2 would give 1 + 2 (s - 1) < 0
+        guidance.guidance_schedule("linear", 0.5)
     with pytest.raises(ValueError, match="guidance_schedule|kind"):
         guidance.GuidedSampler(SCHEDULE, steps=5, guidance_schedule="exponential")
 
@@ -154,6 +163,10 @@ def test_guided_sampler_checks_labels_and_follows_a_schedule():
     model = _tiny_unet()
     x_T = jax.random.normal(jax.random.key(3), (4, 8, 8, 1))
     labels = jnp.array([0, 3, 5, 9])
+    with pytest.raises(ValueError, match="labels"):  # the null label is not a class to ask for
+        guidance.GuidedSampler(SCHEDULE, steps=4)(
+            model, (jnp.array([0, 3, 5, 10]),), x_T, scale=2.0
+        )
     with pytest.raises(ValueError, match="labels"):
         guidance.GuidedSampler(SCHEDULE, steps=4)(
             model, (jnp.array([0, 3, 5, 12]),), x_T, scale=2.0

@@ -29,7 +29,7 @@ NUM_CLASSES = 10
 
 #: The chapter's two recipes; :func:`diffbook.config.pick` chooses one.  ``guidance``
 #: is the chapter's classifier-free scale ``s`` of ``uncond + s * (cond - uncond)``
-#: (1: the conditional model, which measured best on digits) and ``classifier_scale``
+#: (1 is the conditional model, which measured best on digits) and ``classifier_scale``
 #: its classifier-guidance scale.  Samples are drawn with DDIM, ``eta`` of fresh
 #: noise, ``sample_steps`` steps (``sweep_steps`` in the chapter's sweeps, to save
 #: time); ``dit_steps`` gives the DiT about the U-Net's training time on the machine

@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from . import samplers
@@ -191,8 +192,10 @@ def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
 
     * ``"constant"``: ``w = 1``, the usual fixed scale.
     * ``"linear"``: ``w = 2 (1 - u)``, no extra guidance at pure noise, the most
-      at the end (Wang et al. 2024's increasing linear schedule).
-    * ``"cosine"``: ``w = 1 + cos(pi u)``, the same but flat at both ends.
+      at the end: Wang et al. (2024)'s increasing linear schedule, whose weight ``w``
+      in Ho & Salimans' convention is our ``s - 1``.
+    * ``"cosine"``: ``w = 1 + cos(pi u)``, the same but flat at both ends (their
+      increasing cosine schedule, read the same way).
     * ``"interval"``: ``w = 1`` for ``u`` in ``interval`` and 0 outside it:
       guidance on a limited interval of noise levels (Kynkäänniemi et al. 2024).
 
@@ -211,8 +214,8 @@ def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
       :func:`guided_model_fn` or :func:`guided_sample`.
 
     Raises:
-      ValueError: for an unknown ``kind``, a bad ``scale``, or a missing,
-        unwanted or bad ``interval``.
+      ValueError: for an unknown ``kind``, a bad ``scale`` (below 1 for "linear" and
+        "cosine", whose weight reaches 2), or a missing, unwanted or bad ``interval``.
     """
     one_of(kind, "kind", GUIDANCE_SCHEDULES)
     if callable(scale):
@@ -221,6 +224,9 @@ def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
     if (kind == "interval") != (interval is not None):
         raise ValueError('interval is needed by kind="interval" and only by it')
     low, high = _check_interval(interval) if interval is not None else (0.0, 1.0)
+    if kind in ("linear", "cosine") and not isinstance(scale, jax.core.Tracer) and scale < 1.0:
+        # 1 + (scale - 1) w(u) would drop below 0 where w > 1: guidance away from the class.
+        raise ValueError(f"scale must be >= 1 for the {kind} schedule, got {scale}")
 
     def fn(u):
         u = jnp.asarray(u, jnp.float32)
@@ -237,10 +243,20 @@ def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
     return fn
 
 
-def _check_labels(labels) -> jax.Array:
+def _check_labels(labels, classifier) -> jax.Array:
     labels = jnp.asarray(labels)
     if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be a (B,) int array, got {labels.dtype} {labels.shape}")
+    if not isinstance(labels, jax.core.Tracer):
+        # A label past the classifier's classes would be silently clamped by
+        # take_along_axis (no guidance), a negative one would wrap round.
+        values = np.asarray(labels)
+        top = getattr(classifier, "num_classes", None)
+        if values.min() < 0 or (top is not None and values.max() >= top):
+            raise ValueError(
+                f"labels must lie in 0..{'K-1' if top is None else top - 1}, "
+                f"got {sorted(set(values.tolist()))[:10]}"
+            )
     return labels
 
 
@@ -289,7 +305,7 @@ def classifier_guided_model_fn(
     """
     one_of(prediction, "prediction", PREDICTIONS)
     scale = check_scale(scale)
-    labels = _check_labels(labels)
+    labels = _check_labels(labels, classifier)
 
     def log_prob(x, u):
         # Summed over the batch: example i's gradient depends on its own term only.

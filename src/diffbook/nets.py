@@ -204,12 +204,14 @@ class LabelEmbedding(nnx.Module):
         self.num_classes = num_classes
         self.embed = nnx.Embed(num_classes + 1, dim, rngs=rngs)
 
-    def check(self, labels, batch: int | None = None) -> jax.Array:
+    def check(self, labels, batch: int | None = None, *, allow_null: bool = True) -> jax.Array:
         """Validate class labels and return them as an array.
 
         Args:
           labels: ``(B,)`` ints in ``0..num_classes`` (``num_classes`` is "no class").
           batch: the required ``B``, if known.
+          allow_null: whether the "no class" label ``num_classes`` is allowed (a
+            user's request for a class is checked with ``False``).
 
         Returns:
           ``labels`` as a JAX array.
@@ -228,11 +230,13 @@ class LabelEmbedding(nnx.Module):
             # Checked in NumPy: inside jit even concrete labels (closed over by the
             # traced function) would give traced comparisons that bool() refuses.
             values = np.asarray(labels)
-            bad = (values < 0) | (values > self.num_classes)
+            top = self.num_classes if allow_null else self.num_classes - 1
+            bad = (values < 0) | (values > top)
             if bad.any():
+                null = f" (or {self.num_classes}, no class)" if allow_null else ""
                 raise ValueError(
-                    f"labels must lie in 0..{self.num_classes - 1} (or {self.num_classes}, "
-                    f"no class), got {values[bad][:5].tolist()}"
+                    f"labels must lie in 0..{self.num_classes - 1}{null}, "
+                    f"got {values[bad][:5].tolist()}"
                 )
         return labels
 
@@ -274,11 +278,12 @@ class LabelConditioned:
         Raises:
           TypeError: if they are not integers.
           ValueError: if the network has no classes, or a label is outside
-            ``0..num_classes`` (``num_classes`` being "no class").
+            ``0..num_classes - 1`` (the "no class" label is for the guidance to add,
+            not to ask for).
         """
         if self.label_embed is None:
             raise ValueError(f"labels need a {type(self).__name__} built with num_classes")
-        self.label_embed.check(labels)
+        self.label_embed.check(labels, allow_null=False)
 
 
 class UNet(LabelConditioned, nnx.Module):
