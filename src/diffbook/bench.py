@@ -654,8 +654,10 @@ def _class_conditional_options(parser):
         "1 for cfg, i.e. the conditional model without guidance, which measured best on "
         "digits; 4 for classifier)",
     )
-    parser.add_argument("--method", choices=["cfg", "classifier"], default="cfg")
-    parser.add_argument("--backbone", choices=["unet", "dit"], default="unet")
+    from .class_conditional import BACKBONES, METHODS
+
+    parser.add_argument("--method", choices=METHODS, default="cfg")
+    parser.add_argument("--backbone", choices=BACKBONES, default="unet")
     parser.add_argument(
         "--per-digit",
         type=_int_at_least(61),

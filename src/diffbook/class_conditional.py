@@ -136,30 +136,6 @@ def make_classifier(cfg, *, seed: int = 0) -> NoisyClassifier:
     return NoisyClassifier(1, cfg.classifier_channels, num_classes=NUM_CLASSES, rngs=nnx.Rngs(seed))
 
 
-def check_labels(labels) -> jax.Array:
-    """Digit labels as an int array, checked.
-
-    Args:
-      labels: ints in 0..9, shape (B,).
-
-    Returns:
-      ``labels`` as an ``int32`` JAX array of shape (B,).
-
-    Raises:
-      TypeError: if they are not integers.
-      ValueError: if they are not 1-D and non-empty, or one is outside 0..9.
-    """
-    arr = jnp.asarray(labels)
-    if not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise TypeError(f"labels must be integers 0..9, got dtype {arr.dtype}")
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"labels must have shape (B,) with B >= 1, got {arr.shape}")
-    if bool(((arr < 0) | (arr >= NUM_CLASSES)).any()):
-        bad = sorted(set(arr.tolist()) - set(range(NUM_CLASSES)))
-        raise ValueError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {bad}")
-    return arr.astype(jnp.int32)
-
-
 def classifier_loss(
     schedule: NoiseSchedule, classifier, batch, key: jax.Array, *, noisy: bool = True
 ) -> jax.Array:

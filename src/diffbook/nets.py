@@ -668,6 +668,17 @@ def _modulate(h: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
     return h * (1.0 + scale) + shift
 
 
+def _zero_linear(in_features: int, out_features: int, rngs: nnx.Rngs) -> nnx.Linear:
+    """A linear layer whose weights and bias start at zero (adaLN-Zero's modulations)."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=nnx.initializers.zeros,
+        bias_init=nnx.initializers.zeros,
+        rngs=rngs,
+    )
+
+
 def _check_transformer_widths(dim, num_heads) -> tuple[int, int]:
     """``(dim, num_heads)`` as ints, if they are positive and the heads split ``dim`` evenly."""
     dim = checks.positive_int(dim, "dim")
@@ -719,13 +730,7 @@ class DiTBlock(nnx.Module):
             nnx.gelu,
             nnx.Linear(mlp_ratio * dim, dim, rngs=rngs),
         )
-        self.adaln = nnx.Linear(
-            dim,
-            6 * dim,
-            kernel_init=nnx.initializers.zeros,
-            bias_init=nnx.initializers.zeros,
-            rngs=rngs,
-        )
+        self.adaln = _zero_linear(dim, 6 * dim, rngs)
 
     def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
         """The block applied to the tokens ``x`` under the condition ``c``.
@@ -829,13 +834,7 @@ class DiT(LabelConditioned, nnx.Module):
             [DiTBlock(dim, num_heads, mlp_ratio=mlp_ratio, rngs=rngs) for _ in range(depth)]
         )
         self.final_norm = nnx.LayerNorm(dim, use_scale=False, use_bias=False, rngs=rngs)
-        self.final_adaln = nnx.Linear(
-            dim,
-            2 * dim,
-            kernel_init=nnx.initializers.zeros,
-            bias_init=nnx.initializers.zeros,
-            rngs=rngs,
-        )
+        self.final_adaln = _zero_linear(dim, 2 * dim, rngs)
         self.final_linear = nnx.Linear(
             dim,
             patch_features,
