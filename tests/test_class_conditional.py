@@ -143,8 +143,9 @@ def test_class_conditional_unet_reads_its_labels():
     model = _tiny_unet()
     x = jax.random.normal(jax.random.key(2), (4, 8, 8, 1))
     u = jnp.full((4,), 0.5)
-    a = model(x, u, jnp.array([0, 1, 2, 3]))
-    b = model(x, u, jnp.array([0, 1, 2, 7]))
+    call = nnx.jit(lambda m, y: m(x, u, y))  # compiled once: eager U-Net calls are slow
+    a = call(model, jnp.array([0, 1, 2, 3]))
+    b = call(model, jnp.array([0, 1, 2, 7]))
     np.testing.assert_allclose(a[:3], b[:3], atol=1e-6)  # one example's label moves only it
     assert not np.allclose(a[3], b[3])
     (null,) = model.null_condition(jnp.array([3, 4]))
@@ -187,7 +188,7 @@ def test_noisy_classifier_shapes_gradients_and_errors():
     x = jax.random.normal(jax.random.key(4), (3, 8, 8, 1))
     u = jnp.array([0.0, 0.5, 0.9])
     assert clf(x, u).shape == (3, 10)
-    assert_every_param_gets_a_gradient(clf, lambda c: jnp.sum(c(x, u) ** 2))
+    assert_every_param_gets_a_gradient(clf, lambda c: jnp.sum(c(x, u) ** 2), jit=True)
     with pytest.raises(ValueError, match="x must have shape"):
         clf(jnp.zeros((3, 8, 8, 3)), u)
     with pytest.raises(ValueError, match="num_classes"):
@@ -218,7 +219,8 @@ def test_class_conditional_models_and_label_checks():
     x = jnp.zeros((2, 8, 8, 1))
     for backbone in class_conditional.BACKBONES:
         model = class_conditional.make_model(cfg, backbone)
-        assert model(x, jnp.array([0.2, 0.7]), jnp.array([3, 10])).shape == x.shape
+        out = nnx.jit(lambda m: m(x, jnp.array([0.2, 0.7]), jnp.array([3, 10])))(model)
+        assert out.shape == x.shape
     with pytest.raises(ValueError, match="backbone"):
         class_conditional.make_model(cfg, "resnet")
     # A requested label is a digit 0..9: the null label 10 is for guidance to add.

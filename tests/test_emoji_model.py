@@ -17,14 +17,15 @@ def test_guidance_combines_one_batched_call():
     tokens, mask = tiny_prompts()
     x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
     t = jnp.array([100, 500, 900])
-    cond = model(x, t / 1000, tokens, mask)
-    uncond = model(x, t / 1000, tokens, jnp.zeros_like(mask))
+    # Compiled (one program for every scale): eager calls of a U-Net are slow.
+    call = nnx.jit(lambda m, mask: m(x, t / 1000, tokens, mask))
+    guided = nnx.jit(lambda m, s: guidance.guided_model_fn(m, (tokens, mask), s)(x, t / 1000))
+    cond, uncond = call(model, mask), call(model, jnp.zeros_like(mask))
     for scale in (0.0, 1.0, 3.5):
-        guided = guidance.guided_model_fn(model, (tokens, mask), scale)(x, t / 1000)
-        np.testing.assert_allclose(guided, uncond + scale * (cond - uncond), atol=1e-5)
-    np.testing.assert_allclose(
-        guidance.guided_model_fn(model, (tokens, mask), 1.0)(x, t / 1000), cond, atol=1e-5
-    )
+        np.testing.assert_allclose(
+            guided(model, scale), uncond + scale * (cond - uncond), atol=1e-5
+        )
+    np.testing.assert_allclose(guided(model, 1.0), cond, atol=1e-5)
 
 
 @pytest.mark.parametrize("scale", [-1.0, float("nan"), float("inf")])
