@@ -110,7 +110,7 @@ def test_loss_is_the_squared_error_plus_the_kl_per_latent_element():
     loss, mse = parts(model, 0.0)
     np.testing.assert_allclose(loss, mse, rtol=1e-6)
     # An encoder whose last layer is zero gives mean 0 and logvar 0, the prior: no KL.
-    out = model.encoder.conv_out
+    out = model.encoder.stack.conv_out
     out.kernel[...] = jnp.zeros_like(out.kernel[...])
     out.bias[...] = jnp.zeros_like(out.bias[...])
     mean, logvar = model.encoder(x)

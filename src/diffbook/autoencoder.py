@@ -154,12 +154,45 @@ class Block(nnx.Module):
         return x + self.conv2(nnx.silu(self.norm2(h)))
 
 
+class ConvStack(nnx.Module):
+    """The body shared by :class:`Encoder` and :class:`Decoder`, at one resolution.
+
+    A 3x3 convolution from ``in_channels`` to ``channels``, ``num_blocks``
+    residual :class:`Block` s, GroupNorm, SiLU and a 3x3 convolution to
+    ``out_channels``: ``(B, h, w, in_channels) -> (B, h, w, out_channels)``.
+
+    Args:
+      in_channels, out_channels: channels of the input and of the output.
+      channels: width of the hidden layers.
+      num_blocks: residual blocks (0 or more).
+      rngs: ``nnx.Rngs`` for the initial parameters.
+
+    Raises:
+      TypeError, ValueError: if a width is not a positive int or ``num_blocks`` a
+        non-negative one.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, channels: int, num_blocks: int, *, rngs: nnx.Rngs
+    ):
+        channels = checks.positive_int(channels, "channels")
+        num_blocks = checks.positive_int(num_blocks, "num_blocks", minimum=0)
+        self.conv_in = nnx.Conv(in_channels, channels, (3, 3), rngs=rngs)
+        self.blocks = nnx.List([Block(channels, rngs=rngs) for _ in range(num_blocks)])
+        self.norm_out = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
+        self.conv_out = nnx.Conv(channels, out_channels, (3, 3), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.conv_in(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.conv_out(nnx.silu(self.norm_out(h)))
+
+
 class Encoder(nnx.Module):
     """Images ``(B, H, W, 3)`` -> mean and log-variance, each ``(B, H/f, W/f, latent_channels)``.
 
-    Space-to-depth by ``factor``, a 3x3 convolution to ``channels``, ``num_blocks``
-    residual blocks (:class:`Block`), GroupNorm, SiLU and a 3x3 convolution to
-    ``2 * latent_channels``
+    Space-to-depth by ``factor``, then a :class:`ConvStack` to ``2 * latent_channels``
     (the means, then the log-variances, clipped to :data:`LOGVAR_RANGE`).
 
     Args:
@@ -179,13 +212,8 @@ class Encoder(nnx.Module):
     ):
         self.factor = checks.positive_int(factor, "factor")
         latent_channels = checks.positive_int(latent_channels, "latent_channels")
-        channels = checks.positive_int(channels, "channels")
-        num_blocks = checks.positive_int(num_blocks, "num_blocks", minimum=0)
         folded = self.factor**2 * IMAGE_CHANNELS
-        self.conv_in = nnx.Conv(folded, channels, (3, 3), rngs=rngs)
-        self.blocks = nnx.List([Block(channels, rngs=rngs) for _ in range(num_blocks)])
-        self.norm_out = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
-        self.conv_out = nnx.Conv(channels, 2 * latent_channels, (3, 3), rngs=rngs)
+        self.stack = ConvStack(folded, 2 * latent_channels, channels, num_blocks, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The posterior's parameters.
@@ -196,19 +224,15 @@ class Encoder(nnx.Module):
         Returns:
           ``(mean, logvar)``, each ``(B, H/f, W/f, latent_channels)``.
         """
-        h = self.conv_in(space_to_depth(x, self.factor))
-        for block in self.blocks:
-            h = block(h)
-        mean, logvar = jnp.split(self.conv_out(nnx.silu(self.norm_out(h))), 2, axis=-1)
+        mean, logvar = jnp.split(self.stack(space_to_depth(x, self.factor)), 2, axis=-1)
         return mean, jnp.clip(logvar, *LOGVAR_RANGE)
 
 
 class Decoder(nnx.Module):
     """Latents ``(B, h, w, latent_channels)`` -> images ``(B, h f, w f, 3)``.
 
-    The mirror of :class:`Encoder`: a 3x3 convolution to ``channels``,
-    ``num_blocks`` residual blocks (:class:`Block`), GroupNorm, SiLU, a 3x3 convolution to
-    ``3 f^2`` channels and depth-to-space by ``factor``.
+    The mirror of :class:`Encoder`: a :class:`ConvStack` to ``3 f^2`` channels, then
+    depth-to-space by ``factor``.
 
     The output is left unbounded (no ``tanh``): emoji are mostly white
     background, pixels at exactly ``+1``, which ``tanh`` reaches only in the limit,
@@ -233,12 +257,8 @@ class Decoder(nnx.Module):
     ):
         self.factor = checks.positive_int(factor, "factor")
         latent_channels = checks.positive_int(latent_channels, "latent_channels")
-        channels = checks.positive_int(channels, "channels")
-        num_blocks = checks.positive_int(num_blocks, "num_blocks", minimum=0)
-        self.conv_in = nnx.Conv(latent_channels, channels, (3, 3), rngs=rngs)
-        self.blocks = nnx.List([Block(channels, rngs=rngs) for _ in range(num_blocks)])
-        self.norm_out = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
-        self.conv_out = nnx.Conv(channels, self.factor**2 * IMAGE_CHANNELS, (3, 3), rngs=rngs)
+        folded = self.factor**2 * IMAGE_CHANNELS
+        self.stack = ConvStack(latent_channels, folded, channels, num_blocks, rngs=rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
         """Decoded images.
@@ -249,10 +269,7 @@ class Decoder(nnx.Module):
         Returns:
           Images ``(B, h * factor, w * factor, 3)``, unbounded.
         """
-        h = self.conv_in(z)
-        for block in self.blocks:
-            h = block(h)
-        return depth_to_space(self.conv_out(nnx.silu(self.norm_out(h))), self.factor)
+        return depth_to_space(self.stack(z), self.factor)
 
 
 class Autoencoder(nnx.Module):
