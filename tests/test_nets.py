@@ -98,6 +98,26 @@ def test_text_to_image_every_parameter_gets_a_gradient():
     assert np.all(embed_grad[[0, 1, 8, 9, 10, 11]] == 0)
 
 
+def test_text_to_image_on_latents_keeps_their_channels():
+    # Latent diffusion: 8x8 latents with 4 channels instead of RGB pixels.
+    model = nets.TextToImage(
+        12,
+        max_len=4,
+        text_dim=16,
+        text_layers=1,
+        channels=(8, 16),
+        emb_dim=16,
+        in_channels=4,
+        rngs=nnx.Rngs(0),
+    )
+    tokens, mask = tiny_prompts()
+    z = jax.random.normal(jax.random.key(0), (3, 8, 8, 4))
+    out = nnx.jit(lambda m: m(z, jnp.full((3,), 0.5), tokens, mask))(model)
+    assert out.shape == z.shape
+    with pytest.raises(ValueError, match=r"x must have shape \(B, H, W, 4\)"):
+        model(jnp.zeros((3, 8, 8, 3)), jnp.full((3,), 0.5), tokens, mask)
+
+
 def test_text_to_image_ignores_padding_and_reads_the_prompt():
     model = tiny_text_to_image()
     tokens, mask = tiny_prompts()

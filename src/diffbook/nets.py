@@ -516,6 +516,8 @@ class TextToImage(nnx.Module):
       text_layers: transformer layers of the text encoder.
       channels: widths of the U-Net's resolution levels.
       emb_dim: width of the U-Net's time embedding.
+      in_channels: channels of the images (3 for RGB pixels; the latent
+        channels for a latent diffusion model).
       rngs: ``nnx.Rngs`` for the initial parameters.
     """
 
@@ -528,26 +530,27 @@ class TextToImage(nnx.Module):
         text_layers: int = 2,
         channels: Sequence[int] = (16, 32, 64),
         emb_dim: int = 64,
+        in_channels: int = 3,
         rngs: nnx.Rngs,
     ):
         self.text = TextEncoder(
             vocab_size, text_dim, max_len=max_len, layers=text_layers, rngs=rngs
         )
-        self.unet = UNet(3, channels, emb_dim=emb_dim, context_dim=text_dim, rngs=rngs)
+        self.unet = UNet(in_channels, channels, emb_dim=emb_dim, context_dim=text_dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, u: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         """The network's prediction for noisy images under a prompt.
 
         Args:
-          x: ``(B, R, R, 3)`` noisy images; ``R`` divides by
-            ``2 ** (len(channels) - 1)``.
+          x: ``(B, R, R, in_channels)`` noisy images (or latents); ``R``
+            divides by ``2 ** (len(channels) - 1)``.
           u: ``(B,)`` float times in ``[0, 1]``.
           tokens: ``(B, L)`` int word ids, ``L <= max_len``.
           mask: ``(B, L)`` bool, True on real words.
 
         Returns:
-          ``(B, R, R, 3)``: the predicted noise, ``v`` or ``x0``, whichever the
-          model was trained on.
+          ``(B, R, R, in_channels)``: the predicted noise, ``v`` or ``x0``,
+          whichever the model was trained on.
         """
         context, context_mask = self.text(tokens, mask)
         return self.unet(x, u, context=context, context_mask=context_mask)
