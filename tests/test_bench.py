@@ -179,6 +179,7 @@ def test_emoji_bench_prints_json_and_saves_samples(tmp_path):
             "distance_ratio",
             "top5_conditional",
             "top5_unconditional",
+            "psnr_median",
         ),
     )
     assert result["num_emoji"] == 12 and result["resolution"] == 16 and result["guidance"] == 2.5
@@ -258,3 +259,41 @@ def test_class_conditional_bench_rejects_bad_options():
         )
         assert out.returncode == 2, options
         assert options[0] in out.stderr, out.stderr
+
+
+def test_latent_bench_trains_both_stages_and_saves_decoded_samples(tmp_path):
+    path = tmp_path / "latent.npz"
+    result = _bench(
+        "latent",
+        "--train-steps",
+        "3",
+        "--autoencoder-steps",
+        "3",
+        "--num-emoji",
+        "8",
+        "--samples",
+        str(path),
+        keys=(
+            "autoencoder_s",
+            "sample_s",
+            "resolution",
+            "latent_shape",
+            "num_emoji",
+            "latent_scale",
+            "recon_psnr_median",
+            "recon_top5",
+            "psnr_median",
+            "top1",
+            "top5",
+            "top5_unconditional",
+        ),
+    )
+    assert result["resolution"] == 32 and result["latent_shape"] == [8, 8, 4]
+    assert result["num_emoji"] == 8 and result["autoencoder_steps"] == 3
+    # train_s covers both stages.
+    assert result["train_s"] >= result["autoencoder_s"] > 0
+    saved = np.load(path)
+    _in_range(saved["samples"], (8, 32, 32, 3))
+    _in_range(saved["train_images"], (8, 32, 32, 3))
+    assert list(saved["prompts"]) == list(saved["train_prompts"])
+    assert len(set(saved["prompts"])) == 8

@@ -59,6 +59,7 @@ RECIPE = {
         steps=1200,
         peak_lr=2e-3,
         warmup=50,
+        ema_decay=0.99,
     ),
     "accelerator": dict(
         resolution=64,
@@ -71,6 +72,7 @@ RECIPE = {
         steps=8000,
         peak_lr=1e-3,
         warmup=200,
+        ema_decay=0.999,
     ),
 }
 

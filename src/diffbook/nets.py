@@ -518,6 +518,8 @@ class TextToImage(nnx.Module):
       emb_dim: width of the U-Net's time embedding.
       in_channels: channels of the images (3 for RGB pixels; the latent
         channels for a latent diffusion model).
+      cross_attention_levels: the U-Net levels that attend to the prompt (0 is
+        the full resolution); default: every level but the first.
       rngs: ``nnx.Rngs`` for the initial parameters.
     """
 
@@ -531,12 +533,20 @@ class TextToImage(nnx.Module):
         channels: Sequence[int] = (16, 32, 64),
         emb_dim: int = 64,
         in_channels: int = 3,
+        cross_attention_levels: Sequence[int] | None = None,
         rngs: nnx.Rngs,
     ):
         self.text = TextEncoder(
             vocab_size, text_dim, max_len=max_len, layers=text_layers, rngs=rngs
         )
-        self.unet = UNet(in_channels, channels, emb_dim=emb_dim, context_dim=text_dim, rngs=rngs)
+        self.unet = UNet(
+            in_channels,
+            channels,
+            emb_dim=emb_dim,
+            context_dim=text_dim,
+            cross_attention_levels=cross_attention_levels,
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, u: jax.Array, tokens: jax.Array, mask: jax.Array) -> jax.Array:
         """The network's prediction for noisy images under a prompt.
