@@ -272,8 +272,33 @@ def bench_mixture(args) -> dict:
     )
 
 
+def _fit_text_to_image(model, cfg, schedule, data, key):
+    """Train a text-conditioned ``model`` on ``data = (x, tokens, mask)`` with condition
+    dropout, as chapters 5 and 7 do (AdamW, an EMA without warm-up); returns (ema, history)."""
+    from . import guidance, train
+
+    ema, optimizer = train.adamw_with_ema(
+        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
+    )
+    history = train.fit(
+        model,
+        optimizer,
+        lambda m, b, k: guidance.cfg_loss(
+            schedule, m, b, k, p_uncond=cfg.p_uncond, prediction=cfg.prediction
+        ),
+        data,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        key=key,
+        ema=ema,
+        ema_decay=cfg.ema_decay,
+        progress=False,
+    )
+    return ema, history
+
+
 def bench_emoji(args) -> dict:
-    from . import guidance, metrics, text_to_image, train
+    from . import guidance, metrics, text_to_image
     from .autoencoder import psnr
     from .schedules import NoiseSchedule
 
@@ -289,23 +314,9 @@ def bench_emoji(args) -> dict:
     images, prompts, tokenizer, tokens, mask = text_to_image.make_data(cfg)
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     model = text_to_image.make_model(cfg, tokenizer.vocab_size, seed=args.seed)
-    ema, optimizer = train.adamw_with_ema(
-        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
+    ema, history = _fit_text_to_image(
+        model, cfg, schedule, (images, tokens, mask), jax.random.key(args.seed)
     )
-    history = train.fit(
-        model,
-        optimizer,
-        lambda m, b, k: guidance.cfg_loss(
-            schedule, m, b, k, p_uncond=cfg.p_uncond, prediction=cfg.prediction
-        ),
-        (images, tokens, mask),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        key=jax.random.key(args.seed),
-        ema=ema,
-        ema_decay=cfg.ema_decay,
-        progress=False,
-    )  # the chapter's fit: no EMA warm-up
     sampler = guidance.GuidedSampler(schedule, steps=cfg.sample_steps, prediction=cfg.prediction)
     # One image per prompt, from noise drawn with `key`; the first call compiles, the
     # second is timed.
@@ -758,23 +769,7 @@ def bench_latent(args) -> dict:
     # Stage 2: the text-conditioned network on the scaled latents.
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     model = ld.make_model(cfg, tokenizer.vocab_size, ae_cfg.latent_channels, seed=args.seed)
-    ema, optimizer = train.adamw_with_ema(
-        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
-    )
-    history = train.fit(
-        model,
-        optimizer,
-        lambda m, b, k: guidance.cfg_loss(
-            schedule, m, b, k, p_uncond=cfg.p_uncond, prediction=cfg.prediction
-        ),
-        (z, tokens, mask),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        key=key_ld,
-        ema=ema,
-        ema_decay=cfg.ema_decay,
-        progress=False,
-    )
+    ema, history = _fit_text_to_image(model, cfg, schedule, (z, tokens, mask), key_ld)
     # Latents are not images: no clipping to [-1, 1] inside the sampler.
     sampler = guidance.GuidedSampler(
         schedule, steps=cfg.sample_steps, prediction=cfg.prediction, clip_x0=False
