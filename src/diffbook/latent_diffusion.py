@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from . import checks
-from .autoencoder import Autoencoder
+from . import checks, text_to_image
+from .autoencoder import Autoencoder, psnr
 from .nets import TextToImage
 
 #: The diffusion stage's recipes; :func:`diffbook.config.pick` chooses one, and the
@@ -86,16 +86,12 @@ def make_model(cfg, vocab_size: int, latent_channels: int, *, seed: int = 0) -> 
     Raises:
       TypeError, ValueError: for a setting out of range (named in the message).
     """
-    return TextToImage(
+    return text_to_image.make_model(
+        cfg,
         vocab_size,
-        max_len=cfg.max_len,
-        text_dim=cfg.text_dim,
-        text_layers=cfg.text_layers,
-        channels=cfg.channels,
-        emb_dim=cfg.emb_dim,
+        seed=seed,
         in_channels=latent_channels,
         cross_attention_levels=tuple(range(len(cfg.channels))),
-        rngs=nnx.Rngs(seed),
     )
 
 
@@ -122,6 +118,13 @@ def _batched(fn, autoencoder, arrays, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def _check_scale_and_batch(scale, batch_size) -> tuple[float, int]:
+    scale = checks.finite_number(scale, "scale", minimum=0.0)
+    if scale == 0.0:
+        raise ValueError("scale must be > 0, got 0")
+    return scale, checks.positive_int(batch_size, "batch_size")
+
+
 def encode(autoencoder: Autoencoder, images, scale: float = 1.0, *, batch_size: int = 256):
     """Latents of images for the diffusion model: the posterior means times ``scale``.
 
@@ -139,10 +142,7 @@ def encode(autoencoder: Autoencoder, images, scale: float = 1.0, *, batch_size: 
       TypeError, ValueError: for images the autoencoder does not take, or a
         ``scale`` or ``batch_size`` that is not positive (named in the message).
     """
-    scale = checks.finite_number(scale, "scale", minimum=0.0)
-    if scale == 0.0:
-        raise ValueError("scale must be > 0, got 0")
-    batch_size = checks.positive_int(batch_size, "batch_size")
+    scale, batch_size = _check_scale_and_batch(scale, batch_size)
     images = autoencoder.check_images(images, "images")
     return _batched(_encode_batch, autoencoder, images, batch_size) * np.float32(scale)
 
@@ -163,10 +163,7 @@ def decode(autoencoder: Autoencoder, latents, scale: float = 1.0, *, batch_size:
       TypeError, ValueError: for latents not of the autoencoder's latent shape,
         or a ``scale`` or ``batch_size`` that is not positive (named in the message).
     """
-    scale = checks.finite_number(scale, "scale", minimum=0.0)
-    if scale == 0.0:
-        raise ValueError("scale must be > 0, got 0")
-    batch_size = checks.positive_int(batch_size, "batch_size")
+    scale, batch_size = _check_scale_and_batch(scale, batch_size)
     z = jnp.asarray(latents, jnp.float32)
     if z.ndim != 4 or tuple(z.shape[1:]) != autoencoder.latent_shape:
         raise ValueError(
@@ -195,8 +192,6 @@ def pooled_psnr(images, references, resolution: int = 32) -> np.ndarray:
       TypeError, ValueError: bad shapes or values (named), or ``R`` not a multiple
         of ``resolution``.
     """
-    from .autoencoder import psnr
-
     resolution = checks.positive_int(resolution, "resolution")
     images, references = np.asarray(images), np.asarray(references)
     side = images.shape[1] if images.ndim == 4 else 0

@@ -62,13 +62,20 @@ RECIPE = {
 }
 
 
-def make_model(cfg, vocab_size: int, *, seed: int = 0) -> TextToImage:
+def make_model(
+    cfg, vocab_size: int, *, seed: int = 0, in_channels: int = 3, cross_attention_levels=None
+) -> TextToImage:
     """The recipe's text-to-image network with its initial parameters from ``seed``.
 
     Args:
-      cfg: a recipe, as :func:`diffbook.config.pick` returns it from :data:`RECIPE`.
+      cfg: a recipe, as :func:`diffbook.config.pick` returns it from :data:`RECIPE`
+        (or from :data:`diffbook.latent_diffusion.RECIPE`).
       vocab_size: the tokenizer's number of ids (``tokenizer.vocab_size``).
       seed: seed of the initial parameters.
+      in_channels: channels of what the network denoises: 3 for RGB pixels, the
+        latent channels for latent diffusion.
+      cross_attention_levels: the U-Net levels that read the prompt (default: every
+        level but the first).
 
     Returns:
       A :class:`~diffbook.nets.TextToImage`.
@@ -80,6 +87,8 @@ def make_model(cfg, vocab_size: int, *, seed: int = 0) -> TextToImage:
         text_layers=cfg.text_layers,
         channels=cfg.channels,
         emb_dim=cfg.emb_dim,
+        in_channels=in_channels,
+        cross_attention_levels=cross_attention_levels,
         rngs=nnx.Rngs(seed),
     )
 
