@@ -44,7 +44,8 @@ RECIPE = {
         p_uncond=0.1,
         num_timesteps=1000,
         prediction="v",
-        sample_steps=25,
+        # 10, 25 and 50 DDIM steps gave the same fidelity and PSNR (chapter 7, exercise 3).
+        sample_steps=10,
         guidance=3.0,
     ),
     "accelerator": dict(
