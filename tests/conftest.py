@@ -1,6 +1,8 @@
 """What several test files share: the built book (tests/test_book.py, tests/test_browser.py)
 and :func:`assert_every_param_gets_a_gradient`.
 
+It also starts this process's JAX with quick compilation (see :data:`FAST_COMPILE`).
+
 Test modules import the helpers with ``from conftest import ...``: pytest puts this
 folder first on ``sys.path`` and imports this file as the module ``conftest`` before it
 collects the tests here (also in each pytest-xdist worker).  The repository's root
@@ -20,6 +22,38 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Unit tests compile many small programs and run each for milliseconds, so XLA's backend
+# optimisation (LLVM at -O3 on a CPU) costs them more time than it saves: with level 0,
+# tests/test_nets.py took 78 s instead of 139 s on two cores.  The flag is in the
+# environment only while this process starts its JAX backend (XLA reads it once, then);
+# the chapters' kernels, which copy os.environ when they start, compile as a reader's
+# run does.  Subprocesses of tests ask for it with fast_compile_env().
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def fast_compile_env(**overrides: str) -> dict:
+    """``os.environ`` with ``overrides``, and :data:`FAST_COMPILE` added to ``XLA_FLAGS``."""
+    env = dict(os.environ, **overrides)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+    return env
+
+
+def _start_jax_with_fast_compiles() -> None:
+    saved = os.environ.get("XLA_FLAGS")
+    os.environ["XLA_FLAGS"] = fast_compile_env()["XLA_FLAGS"]
+    try:
+        import jax
+
+        jax.devices()  # starts the backend, which reads XLA_FLAGS
+    finally:
+        if saved is None:
+            del os.environ["XLA_FLAGS"]
+        else:
+            os.environ["XLA_FLAGS"] = saved
+
+
+_start_jax_with_fast_compiles()
 
 
 @dataclass

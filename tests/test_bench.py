@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from diffbook import data
+from conftest import fast_compile_env
+from diffbook import bench, data
 
 
 def _bench(chapter, *options, keys=()):
@@ -18,6 +20,7 @@ def _bench(chapter, *options, keys=()):
         text=True,
         check=True,
         timeout=600,
+        env=fast_compile_env(),
     )
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 1, out.stdout
@@ -74,11 +77,17 @@ def test_flow_matching_bench_prints_json_and_saves_samples(tmp_path):
     _digit_samples(path, (100, 8, 8, 1), 2)
 
 
-def test_bench_rejects_unknown_chapters():
-    out = subprocess.run(
-        [sys.executable, "-m", "diffbook.bench", "no_such_chapter"], capture_output=True, text=True
-    )
-    assert out.returncode == 2 and "invalid choice" in out.stderr
+def _rejected(capsys, *argv: str) -> str:
+    """The bench's command line, run in this process on ``argv``, must refuse it (exit
+    status 2, as argparse does for a usage error); returns what it wrote to stderr."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(list(argv))
+    assert exit_info.value.code == 2, argv
+    return capsys.readouterr().err
+
+
+def test_bench_rejects_unknown_chapters(capsys):
+    assert "invalid choice" in _rejected(capsys, "no_such_chapter")
 
 
 def test_ddpm_bench_with_ddim(tmp_path):
@@ -128,14 +137,9 @@ def test_vae_bench_prints_json_and_saves_samples(tmp_path):
     _digit_samples(path, (1000, 8, 8, 1), None)
 
 
-def test_vae_bench_needs_enough_samples():
+def test_vae_bench_needs_enough_samples(capsys):
     for chapter, needed in (("vae", 599), ("ddpm", 59), ("flow_matching", 59)):
-        out = subprocess.run(
-            [sys.executable, "-m", "diffbook.bench", chapter, "--num-samples", str(needed - 1)],
-            capture_output=True,
-            text=True,
-        )
-        assert out.returncode == 2 and f"at least {needed}" in out.stderr
+        assert f"at least {needed}" in _rejected(capsys, chapter, "--num-samples", str(needed - 1))
 
 
 def test_mixture_bench_prints_json_and_saves_samples(tmp_path):
@@ -190,28 +194,19 @@ def test_emoji_bench_prints_json_and_saves_samples(tmp_path):
     assert len(prompts) == 12 and len(set(prompts)) == 12 and all(p.strip() for p in prompts)
 
 
-def test_emoji_bench_rejects_a_negative_guidance_scale():
-    out = subprocess.run(
-        [sys.executable, "-m", "diffbook.bench", "emoji", "--guidance", "-1"],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 2 and "--guidance" in out.stderr
+def test_emoji_bench_rejects_a_negative_guidance_scale(capsys):
+    assert "--guidance" in _rejected(capsys, "emoji", "--guidance", "-1")
 
 
-def test_bench_rejects_counts_below_their_minimum():
+def test_bench_rejects_counts_below_their_minimum(capsys):
     for options, name in (
         (("flow_matching", "--train-steps", "1"), "--train-steps"),
         (("mixture", "--num-samples", "0"), "--num-samples"),
         (("emoji", "--num-emoji", "5"), "--num-emoji"),
         (("vae", "--seed", "-1"), "--seed"),
     ):
-        out = subprocess.run(
-            [sys.executable, "-m", "diffbook.bench", *options], capture_output=True, text=True
-        )
-        assert out.returncode == 2 and f"argument {name}: must be an int >=" in out.stderr, (
-            out.stderr
-        )
+        err = _rejected(capsys, *options)
+        assert f"argument {name}: must be an int >=" in err, err
 
 
 def test_class_conditional_bench_saves_labelled_samples(tmp_path):
@@ -243,7 +238,7 @@ def test_class_conditional_bench_saves_labelled_samples(tmp_path):
     np.testing.assert_array_equal(saved["train_indices"], data.split_indices("train"))
 
 
-def test_class_conditional_bench_rejects_bad_options():
+def test_class_conditional_bench_rejects_bad_options(capsys):
     for options in (
         ["--method", "ddpm"],
         ["--backbone", "resnet"],
@@ -252,13 +247,8 @@ def test_class_conditional_bench_rejects_bad_options():
         ["--per-digit", "10"],
         ["--steps", "0"],
     ):
-        out = subprocess.run(
-            [sys.executable, "-m", "diffbook.bench", "class_conditional", *options],
-            capture_output=True,
-            text=True,
-        )
-        assert out.returncode == 2, options
-        assert options[0] in out.stderr, out.stderr
+        err = _rejected(capsys, "class_conditional", *options)
+        assert options[0] in err, err
 
 
 def test_latent_bench_trains_both_stages_and_saves_decoded_samples(tmp_path):

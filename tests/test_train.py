@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+from conftest import fast_compile_env
 from diffbook import train
 
 
@@ -124,8 +124,8 @@ ROUNDING = textwrap.dedent("""
 
 
 def test_batches_are_rounded_up_to_the_device_count():
-    env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
+    env = fast_compile_env(
+        XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
     )
     out = subprocess.run(
         [sys.executable, "-c", ROUNDING],
@@ -185,10 +185,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(devices: int, batch: int) -> dict:
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        JAX_PLATFORMS="cpu",
+    env = fast_compile_env(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
     )
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(batch)],
