@@ -75,13 +75,12 @@ def _report(
     }
 
 
-def _train_digit_unet(cfg, loss_fn, args):
-    """Train a chapter's digit U-Net recipe; returns (model, ema, history)."""
-    from . import data, nets, train
+def _fit_recipe(model, cfg, loss_fn, data, key, *, ema_warmup=False):
+    """Train ``model`` as the chapters do: AdamW with the recipe's ``peak_lr``, ``warmup``
+    and ``steps``, batches of ``batch_size``, an EMA of decay ``ema_decay``; no progress
+    bar.  Returns (ema, history)."""
+    from . import train
 
-    cfg = _with_train_steps(cfg, args)
-    images, _ = data.load_digits(cfg.digit, split="train")
-    model = nets.unet_from_recipe(cfg, seed=args.seed)
     ema, optimizer = train.adamw_with_ema(
         model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
     )
@@ -89,14 +88,26 @@ def _train_digit_unet(cfg, loss_fn, args):
         model,
         optimizer,
         loss_fn,
-        images,
+        data,
         steps=cfg.steps,
         batch_size=cfg.batch_size,
-        key=jax.random.key(args.seed),
+        key=key,
         ema=ema,
         ema_decay=cfg.ema_decay,
+        ema_warmup=ema_warmup,
         progress=False,
     )
+    return ema, history
+
+
+def _train_digit_unet(cfg, loss_fn, args):
+    """Train a chapter's digit U-Net recipe; returns (model, ema, history)."""
+    from . import data, nets
+
+    cfg = _with_train_steps(cfg, args)
+    images, _ = data.load_digits(cfg.digit, split="train")
+    model = nets.unet_from_recipe(cfg, seed=args.seed)
+    ema, history = _fit_recipe(model, cfg, loss_fn, images, jax.random.key(args.seed))
     return model, ema, history
 
 
@@ -225,28 +236,20 @@ def _ddpm_options(parser):
 
 
 def bench_mixture(args) -> dict:
-    from . import ddpm, mixture, train
+    from . import ddpm, mixture
 
     cfg = config.pick(mixture.RECIPE, args.config)
     cfg = _with_train_steps(cfg, args)
     schedule = mixture.make_schedule(cfg)
     data = mixture.make_data(cfg, jax.random.key(args.seed))
     model = mixture.make_model(cfg, seed=args.seed)
-    ema, optimizer = train.adamw_with_ema(
-        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
-    )
-    history = train.fit(
+    ema, history = _fit_recipe(
         model,
-        optimizer,
+        cfg,
         lambda m, x, k: ddpm.diffusion_loss(schedule, m, x, k, prediction="v"),
         data,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        key=jax.random.key(args.seed),
-        ema=ema,
-        ema_decay=cfg.ema_decay,
+        jax.random.key(args.seed),
         ema_warmup=cfg.ema_warmup,
-        progress=False,
     )
     draw = jax.jit(lambda key: mixture.draw(args.sampler, schedule, ema, key, args.num_samples))
     (samples, nfe), sample_compile_s, sample_s = _compiled_and_timed(
@@ -274,27 +277,15 @@ def bench_mixture(args) -> dict:
 
 def _fit_text_to_image(model, cfg, schedule, data, key):
     """Train a text-conditioned ``model`` on ``data = (x, tokens, mask)`` with condition
-    dropout, as chapters 5 and 7 do (AdamW, an EMA without warm-up); returns (ema, history)."""
-    from . import guidance, train
+    dropout, as chapters 5 and 7 do (an EMA without warm-up); returns (ema, history)."""
+    from . import guidance
 
-    ema, optimizer = train.adamw_with_ema(
-        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
-    )
-    history = train.fit(
-        model,
-        optimizer,
-        lambda m, b, k: guidance.cfg_loss(
+    def loss_fn(m, b, k):
+        return guidance.cfg_loss(
             schedule, m, b, k, p_uncond=cfg.p_uncond, prediction=cfg.prediction
-        ),
-        data,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        key=key,
-        ema=ema,
-        ema_decay=cfg.ema_decay,
-        progress=False,
-    )
-    return ema, history
+        )
+
+    return _fit_recipe(model, cfg, loss_fn, data, key)
 
 
 def bench_emoji(args) -> dict:
@@ -583,28 +574,13 @@ def bench_class_conditional(args) -> dict:
     k_model, k_classifier, k_noise = jax.random.split(key, 3)
 
     model = cc.make_model(cfg, args.backbone, seed=args.seed)
-    ema, optimizer = train.adamw_with_ema(
-        model, peak_lr=cfg.peak_lr, steps=cfg.steps, warmup=cfg.warmup
-    )
 
     def loss_fn(m, batch, k):
         return guidance.cfg_loss(
             schedule, m, batch, k, p_uncond=cfg.p_uncond, prediction=cfg.prediction
         )
 
-    history = train.fit(
-        model,
-        optimizer,
-        loss_fn,
-        (images, labels),
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        key=k_model,
-        ema=ema,
-        ema_decay=cfg.ema_decay,
-        ema_warmup=True,
-        progress=False,
-    )
+    ema, history = _fit_recipe(model, cfg, loss_fn, (images, labels), k_model, ema_warmup=True)
     classifier_s = classifier_compile_s = 0.0
     classifier = None
     if args.method == "classifier":
@@ -717,7 +693,7 @@ def bench_latent(args) -> dict:
     import functools
 
     from . import autoencoder as ae
-    from . import emoji, guidance, metrics, nets, text, train
+    from . import emoji, guidance, metrics, nets, text
     from . import latent_diffusion as ld
     from .schedules import NoiseSchedule
 
@@ -742,21 +718,13 @@ def bench_latent(args) -> dict:
 
     # Stage 1: the autoencoder.
     autoenc = ae.make_autoencoder(ae_cfg, seed=args.seed)
-    ae_ema, ae_opt = train.adamw_with_ema(
-        autoenc, peak_lr=ae_cfg.peak_lr, steps=ae_cfg.steps, warmup=ae_cfg.warmup
-    )
-    ae_history = train.fit(
+    ae_ema, ae_history = _fit_recipe(
         autoenc,
-        ae_opt,
+        ae_cfg,
         functools.partial(ae.autoencoder_loss, kl_weight=ae_cfg.kl_weight),
         images,
-        steps=ae_cfg.steps,
-        batch_size=ae_cfg.batch_size,
-        key=key_ae,
-        ema=ae_ema,
-        ema_decay=ae_cfg.ema_decay,
+        key_ae,
         ema_warmup=True,
-        progress=False,
     )
     latents = ld.encode(ae_ema, images)
     latent_scale = ae.latent_scale_factor(latents)
