@@ -169,9 +169,13 @@ def _run_with_oracle(name, n=N, **options):
         jax.debug.callback(lambda: calls.append(1))
         return oracle(z, u)
 
-    x, nfe = jax.jit(lambda k: mixture.draw(name, sched, counted, k, n, **options))(
-        jax.random.key(5)
+    # Thousands of steps run here, so this one program is compiled with XLA's backend
+    # optimisation on, which tests/conftest.py turns off for the quick compiles elsewhere.
+    draw = jax.jit(
+        lambda k: mixture.draw(name, sched, counted, k, n, **options),
+        compiler_options={"xla_backend_optimization_level": 3},
     )
+    x, nfe = draw(jax.random.key(5))
     jax.effects_barrier()
     return mixture.unstandardise(x), int(nfe), len(calls)
 
