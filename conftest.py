@@ -20,36 +20,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
-def _pin_this_worker() -> None:
-    """Give pytest-xdist worker i of n the cores ``cpus[i::n]``, and only those.
-
-    Unpinned, every worker's XLA runs a thread pool as large as the machine, and on two
-    cores the two workers' pools keep preempting each other.  Pinned, with the pools kept
-    at their size (``NPROC`` below), chapters 6 and 7 run side by side in 630 s and 482 s
-    instead of 720 s and 557 s.  A worker's kernels and subprocesses inherit its cores.
-    """
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    index = int(worker[2:])
-    mine = set(cpus[index::count]) or {cpus[index % len(cpus)]}
-    # Every thread the worker already has (execnet's among them); later ones inherit.
-    for thread in os.listdir("/proc/self/task"):
-        os.sched_setaffinity(int(thread), mine)
-
-
-# XLA on a CPU sizes its intra-op thread pool to the cores the process may use, or to
-# NPROC where that is set, and the pool's size decides how a large contraction is split,
-# so it can change the last bits of a result (chapter 7's figures moved in the third
-# decimal with one thread).  The stored outputs come from runs on the whole machine:
-# every process of the run, pinned or not, keeps a pool of that size.
-if hasattr(os, "sched_getaffinity"):
-    os.environ.setdefault("NPROC", str(len(os.sched_getaffinity(0))))
-_pin_this_worker()
-
-
 def pytest_unconfigure(config):
     if _OWN_CACHE:  # only the process that made it (the xdist controller, or -n 0)
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
@@ -63,13 +33,12 @@ def pytest_collection_modifyitems(session, config, items):
     first lets the short unit tests fill the gaps instead of leaving one worker
     idle while the other finishes a long chapter.
     """
-
     def key(item):
         if item.path.suffix == ".ipynb":
             return (0, -_chapter_number(item))
         return (1, 0)
 
-    items.sort(key=key)  # stable: the cells of a chapter keep their order
+    items.sort(key=key)   # stable: the cells of a chapter keep their order
 
 
 def _chapter_number(item) -> int:

@@ -40,28 +40,17 @@ def fast_compile_env(**overrides: str) -> dict:
 
 
 def _start_jax_with_fast_compiles() -> None:
-    """Start this process's JAX backend with :data:`FAST_COMPILE`, and with a thread pool
-    the size of the cores this process may use.
-
-    Root ``conftest.py`` pins each pytest-xdist worker to its own cores and sets ``NPROC``
-    to the whole machine's count, for the chapters' sake (their stored outputs); the unit
-    tests compare no stored output, so their pool fits the worker's cores instead.
-    """
-    names = ("XLA_FLAGS", "NPROC")
-    saved = {name: os.environ.get(name) for name in names}
+    saved = os.environ.get("XLA_FLAGS")
     os.environ["XLA_FLAGS"] = fast_compile_env()["XLA_FLAGS"]
-    if hasattr(os, "sched_getaffinity"):
-        os.environ["NPROC"] = str(len(os.sched_getaffinity(0)))
     try:
         import jax
 
-        jax.devices()  # starts the backend, which reads both
+        jax.devices()  # starts the backend, which reads XLA_FLAGS
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        if saved is None:
+            del os.environ["XLA_FLAGS"]
+        else:
+            os.environ["XLA_FLAGS"] = saved
 
 
 _start_jax_with_fast_compiles()
