@@ -1,8 +1,10 @@
+import importlib.util
 import os
 import shutil
 import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 # Stored notebook outputs and test logs stay free of progress bars.
 os.environ.setdefault("DIFFBOOK_PROGRESS", "0")
@@ -20,6 +22,25 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
+def _load_tolerance():
+    spec = importlib.util.spec_from_file_location(
+        "nbval_tolerance", Path(__file__).parent / "tools" / "nbval_tolerance.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pytest_configure(config):
+    # Cells tagged nbval-tolerance compare their printed figures within a tolerance
+    # (tools/nbval_tolerance.py says which and why); every other cell, exactly.
+    try:
+        from nbval.plugin import IPyNbCell
+    except ImportError:  # nbval not installed: no chapter is collected anyway
+        return
+    _load_tolerance().install(IPyNbCell)
+
+
 def pytest_unconfigure(config):
     if _OWN_CACHE:  # only the process that made it (the xdist controller, or -n 0)
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
@@ -33,12 +54,13 @@ def pytest_collection_modifyitems(session, config, items):
     first lets the short unit tests fill the gaps instead of leaving one worker
     idle while the other finishes a long chapter.
     """
+
     def key(item):
         if item.path.suffix == ".ipynb":
             return (0, -_chapter_number(item))
         return (1, 0)
 
-    items.sort(key=key)   # stable: the cells of a chapter keep their order
+    items.sort(key=key)  # stable: the cells of a chapter keep their order
 
 
 def _chapter_number(item) -> int:
