@@ -6,7 +6,7 @@ machine they print the same figures every time. It is too strict for a few cells
 that print figures of a long training run (fidelity, PSNR). Another CPU (AVX-512
 instead of AVX2, another vendor) rounds some floating-point sums in a different
 order, the training takes a slightly different path, and a figure moves within
-its noise: measured on two of the machines that run our CI, chapter 7's top-5 at
+its noise: measured on two 2-core machines of the kind CI runs on, chapter 7's top-5 at
 s = 3 on 100 unseen names was 0.410 on one and 0.430 on the other (two names).
 
 For a cell with the tag, the root ``conftest.py`` lets nbval accept such a move.
