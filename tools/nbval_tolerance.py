@@ -3,11 +3,13 @@
 nbval compares a cell's new outputs with the stored ones character by character.
 That is right for almost every cell: our chapters seed every draw, so on one
 machine they print the same figures every time. It is too strict for a few cells
-that print figures of a long training run (fidelity, PSNR). Another CPU (AVX-512
-instead of AVX2, another vendor) rounds some floating-point sums in a different
-order, the training takes a slightly different path, and a figure moves within
-its noise: measured on two 2-core machines of the kind CI runs on, chapter 7's top-5 at
-s = 3 on 100 unseen names was 0.410 on one and 0.430 on the other (two names).
+that print figures of a long training run (fidelity, PSNR). Another CPU model can
+round some floating-point sums in a different order (the kernel libraries inside
+XLA pick their code for the CPU they find; limiting XLA's own instruction set with
+``--xla_cpu_max_isa=AVX2`` did not change the figures), the training takes a
+slightly different path, and a figure moves within its noise. Measured on two
+2-core machines of the kind CI runs on, chapter 7's top-5 at s = 3 on 100 unseen
+names was 0.410 on one and 0.430 on the other (two names).
 
 For a cell with the tag, the root ``conftest.py`` lets nbval accept such a move.
 The text around the numbers must be identical and there must be as many numbers;
