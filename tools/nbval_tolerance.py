@@ -76,12 +76,11 @@ def align(stored: str, new: str) -> str:
     new_parts = _NUMBER.split(new)
     if stored_parts != new_parts:
         return stored
-    stored_numbers = _NUMBER.findall(stored)
-    new_numbers = _NUMBER.findall(new)
-    if len(stored_numbers) != len(new_numbers):  # cannot happen when the parts match
-        return stored
+    # Equal parts mean as many numbers on each side, in the same places.
     out = [stored_parts[0]]
-    for s, n, text in zip(stored_numbers, new_numbers, stored_parts[1:], strict=True):
+    for s, n, text in zip(
+        _NUMBER.findall(stored), _NUMBER.findall(new), stored_parts[1:], strict=True
+    ):
         out.append(n if numbers_agree(s, n) else s)
         out.append(text)
     return "".join(out)
