@@ -58,6 +58,8 @@ def pytest_collection_modifyitems(session, config, items):
     def key(item):
         if item.path.suffix == ".ipynb":
             return (0, -_chapter_number(item))
+        if item.path.name == "test_smoke.py":  # every chapter again: as heavy as chapter 5
+            return (0, -4.5)
         return (1, 0)
 
     items.sort(key=key)  # stable: the cells of a chapter keep their order
@@ -83,11 +85,17 @@ def pytest_terminal_summary(terminalreporter):
     chapters = {k: v for k, v in _PHASE_SECONDS.items() if k.endswith(".ipynb")}
     book_files = ("tests/test_book.py", "tests/test_browser.py")
     book = sum(_PHASE_SECONDS.get(name, 0.0) for name in book_files)
-    units = {k: v for k, v in _PHASE_SECONDS.items() if k not in chapters and k not in book_files}
+    smoke = _PHASE_SECONDS.get("tests/test_smoke.py", 0.0)
+    units = {
+        k: v
+        for k, v in _PHASE_SECONDS.items()
+        if k not in chapters and k not in book_files and k != "tests/test_smoke.py"
+    }
     write = terminalreporter.write_line
     terminalreporter.section("time by phase (seconds of test time; phases overlap under -n)")
     for name, seconds in sorted(chapters.items()):
         write(f"chapter {name:32s} {seconds:6.0f} s")
+    write(f"{'smoke run (accelerator recipes)':40s} {smoke:6.0f} s")
     write(f"{'book build, checks, browser':40s} {book:6.0f} s")
     write(f"unit tests {'(all other files)':29s} {sum(units.values()):6.0f} s")
     for name, seconds in sorted(units.items(), key=lambda kv: -kv[1]):

@@ -111,3 +111,57 @@ def test_describe_stays_one_line_when_jax_uses_what_is_attached(monkeypatch, har
     assert "\n" not in config.describe(cfg) and "WARNING" not in config.describe(cfg)
     with pytest.raises(TypeError, match="config"):
         config.describe({"n": 1})
+
+
+SMOKY = {
+    "cpu": {"steps": 100, "warmup": 10, "num_samples": 64, "resolution": 16},
+    "accelerator": {"steps": 1000, "warmup": 50, "num_samples": 512, "resolution": 32},
+    "smoke": {"steps": 4, "warmup": 1, "num_samples": 8},
+}
+
+
+def test_a_smoke_run_cuts_only_the_counts_the_recipe_names(monkeypatch):
+    monkeypatch.delenv("DIFFBOOK_SMOKE", raising=False)
+    assert config.pick(SMOKY, choice="accelerator") == SMOKY["accelerator"]
+    assert not config.pick(SMOKY, choice="accelerator").smoke
+    monkeypatch.setenv("DIFFBOOK_SMOKE", "0")
+    assert not config.smoke_run()
+    monkeypatch.setenv("DIFFBOOK_SMOKE", "1")
+    cfg = config.pick(SMOKY, choice="accelerator")
+    assert cfg.smoke and cfg.name == "accelerator"
+    assert (cfg.steps, cfg.warmup, cfg.num_samples, cfg.resolution) == (4, 1, 8, 32)
+    assert cfg.replace(steps=2).smoke  # a changed copy is still a smoke run
+    assert "SMOKE RUN" in config.describe(cfg)
+
+
+@pytest.mark.parametrize(
+    "smoke, match",
+    [
+        ({"resolution": 8}, "only counts"),  # not a count: the data would change
+        ({"steps": 200}, "must cut"),  # raises the CPU recipe's count
+        ({"epochs": 1}, "not one of its settings"),
+        ({"steps": 0.5}, "smoke setting 'steps'"),
+    ],
+)
+def test_a_smoke_entry_that_is_not_a_cut_count_is_refused(smoke, match):
+    recipe = {**SMOKY, "smoke": smoke}
+    with pytest.raises((ValueError, TypeError), match=match):
+        config.pick(recipe, choice="cpu")
+
+
+def test_expect_stops_the_cpu_recipe_and_only_reports_elsewhere(monkeypatch, capsys):
+    monkeypatch.delenv("DIFFBOOK_SMOKE", raising=False)
+    cpu = config.pick(SMOKY, choice="cpu")
+    assert config.expect(cpu, True, "fine") is True
+    with pytest.raises(AssertionError, match="ratio 0.5 above 0.8"):
+        config.expect(cpu, 0.5 > 0.8, "ratio 0.5 above 0.8")
+    assert capsys.readouterr().out == ""
+    accelerator = config.pick(SMOKY, choice="accelerator")
+    assert config.expect(accelerator, False, "ratio 0.5 above 0.8") is False
+    assert "configuration 'accelerator'" in capsys.readouterr().out
+    monkeypatch.setenv("DIFFBOOK_SMOKE", "1")
+    smoky_cpu = config.pick(SMOKY, choice="cpu")
+    assert config.expect(smoky_cpu, False, "ratio 0.5 above 0.8") is False
+    assert "smoke run" in capsys.readouterr().out
+    with pytest.raises(TypeError, match="claim"):
+        config.expect(cpu, True, 3)

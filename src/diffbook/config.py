@@ -3,6 +3,14 @@
 Each chapter writes its two configurations side by side and lets :func:`pick`
 choose.  ``DIFFBOOK_CONFIG=cpu`` or ``DIFFBOOK_CONFIG=accelerator`` (or the
 ``choice`` argument) overrides the automatic choice.
+
+A recipe may also say how to make a *smoke run* of the chapter: with
+``DIFFBOOK_SMOKE=1`` the settings listed under the recipe's ``"smoke"`` key replace
+those of the chosen configuration.  A smoke run executes every cell of a chapter on
+the data, resolution and networks of the chosen configuration, with far fewer
+training steps and samples, so that CI can prove in minutes that the accelerator
+recipe runs (``python tools/notebooks.py smoke``); its figures mean nothing.  Only
+counts may be cut (see :data:`SMOKE_SETTINGS`), never raised.
 """
 
 from __future__ import annotations
@@ -16,6 +24,36 @@ from . import checks
 #: The two configurations every chapter's recipe holds.
 CHOICES = ("cpu", "accelerator")
 
+#: A smoke run may cut only settings whose names end so: counts of optimiser steps,
+#: sampler steps and samples.  The data, the resolution and the networks stay those of
+#: the chosen configuration.
+SMOKE_SETTINGS = ("steps", "warmup", "samples")
+
+
+def smoke_run() -> bool:
+    """Whether ``$DIFFBOOK_SMOKE`` asks for a smoke run (set, and not ``0`` or empty)."""
+    return os.environ.get("DIFFBOOK_SMOKE", "").strip() not in ("", "0")
+
+
+def _check_smoke(smoke, configs: dict) -> None:
+    if not isinstance(smoke, dict):
+        raise TypeError(f"recipe's 'smoke' must be a dict of settings, got {type(smoke).__name__}")
+    for key, value in smoke.items():
+        if key not in configs["cpu"]:
+            raise ValueError(f"recipe's 'smoke' names {key!r}, which is not one of its settings")
+        if not key.endswith(SMOKE_SETTINGS):
+            raise ValueError(
+                f"recipe's 'smoke' may cut only counts (names ending in {SMOKE_SETTINGS}), "
+                f"not {key!r}"
+            )
+        checks.positive_int(value, f"smoke setting {key!r}", minimum=0)
+        for name, values in configs.items():
+            if not isinstance(values[key], int) or value > values[key]:
+                raise ValueError(
+                    f"recipe's 'smoke' must cut counts: {key}={value} against "
+                    f"{values[key]!r} in {name!r}"
+                )
+
 
 class Config(dict):
     """A dict whose keys also read as attributes, plus the ``name`` of the choice.
@@ -26,11 +64,13 @@ class Config(dict):
     Args:
       name: which configuration this is, ``"cpu"`` or ``"accelerator"``.
       values: the settings, name -> value.
+      smoke: whether the counts were cut for a smoke run (see :func:`pick`).
     """
 
-    def __init__(self, name: str, values: dict):
+    def __init__(self, name: str, values: dict, *, smoke: bool = False):
         super().__init__(values)
         self.name = name
+        self.smoke = smoke
 
     def __getattr__(self, key):
         try:
@@ -53,7 +93,7 @@ class Config(dict):
         unknown = set(changes) - set(self)
         if unknown:
             raise KeyError(f"config {self.name!r} has no settings {sorted(unknown)}")
-        return Config(self.name, {**self, **changes})
+        return Config(self.name, {**self, **changes}, smoke=self.smoke)
 
 
 def default_choice() -> str:
@@ -70,31 +110,77 @@ def pick(recipe: dict, choice: str | None = None) -> Config:
 
     Args:
       recipe: ``{"cpu": {...}, "accelerator": {...}}``: settings for a laptop or CI
-        CPU (minutes), and for a GPU or TPU, with the same keys.
+        CPU (minutes), and for a GPU or TPU, with the same keys; optionally also
+        ``"smoke": {...}``, the smaller counts of a smoke run (names ending in one of
+        :data:`SMOKE_SETTINGS`, each an int no larger than in either configuration).
       choice: ``"cpu"`` or ``"accelerator"``; default: ``$DIFFBOOK_CONFIG`` if set,
         otherwise :func:`default_choice`.
 
     Returns:
-      The chosen settings as a :class:`Config` named after the choice.
+      The chosen settings as a :class:`Config` named after the choice; with
+      ``$DIFFBOOK_SMOKE`` set (see :func:`smoke_run`), with the ``"smoke"`` counts in
+      place and ``smoke`` true.
 
     Raises:
-      TypeError: if ``recipe`` is not a dict.
+      TypeError: if ``recipe`` or its ``"smoke"`` entry is not a dict.
       ValueError: if ``recipe`` lacks one of the two configurations, if they have
-        different keys, or if ``choice`` is not one of :data:`CHOICES`.
+        different keys, if ``"smoke"`` names anything but a count or raises one, or
+        if ``choice`` is not one of :data:`CHOICES`.
     """
     if not isinstance(recipe, dict):
         raise TypeError(f"recipe must be a dict of {CHOICES}, got {type(recipe).__name__}")
-    if set(recipe) != set(CHOICES):
-        raise ValueError(f"recipe must have exactly the keys {CHOICES}, got {sorted(recipe)}")
+    if set(recipe) - {"smoke"} != set(CHOICES):
+        raise ValueError(
+            f"recipe must have the keys {CHOICES} (and optionally 'smoke'), got {sorted(recipe)}"
+        )
     cpu, accelerator = recipe["cpu"], recipe["accelerator"]
     if set(cpu) != set(accelerator):
         raise ValueError(
             f"recipe's cpu and accelerator configs need the same keys; "
             f"differing: {sorted(set(cpu) ^ set(accelerator))}"
         )
+    smoke = recipe.get("smoke", {})
+    _check_smoke(smoke, {"cpu": cpu, "accelerator": accelerator})
     choice = choice or os.environ.get("DIFFBOOK_CONFIG") or default_choice()
     checks.one_of(choice, "choice", CHOICES)
+    if smoke_run():
+        return Config(choice, {**recipe[choice], **smoke}, smoke=True)
     return Config(choice, recipe[choice])
+
+
+def expect(config: Config, condition, claim: str) -> bool:
+    """A chapter's check of a result that its CPU recipe was measured to reach.
+
+    Under the CPU recipe, the one the chapter's figures were measured with, an unmet
+    check stops the chapter, as ``assert`` would.  Under any other recipe (a GPU or
+    TPU, a smoke run) the figures differ, so an unmet check prints one line saying so
+    and the chapter goes on.  A met check prints nothing.
+
+    Args:
+      config: the chapter's configuration (from :func:`pick`).
+      condition: the result of the check; anything ``bool`` accepts, such as a JAX or
+        NumPy boolean scalar.
+      claim: what the check says, in words and figures, e.g.
+        ``f"held-out ELBO {elbo:.1f} above -105 nats"``.
+
+    Returns:
+      Whether the check was met.
+
+    Raises:
+      TypeError: if ``config`` is not a :class:`Config` or ``claim`` not a string.
+      AssertionError: if the check is unmet under the CPU recipe (not a smoke run).
+    """
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a Config from config.pick, got {type(config).__name__}")
+    if not isinstance(claim, str):
+        raise TypeError(f"claim must be a string, got {type(claim).__name__}")
+    met = bool(condition)
+    if not met:
+        if config.name == "cpu" and not config.smoke:
+            raise AssertionError(claim)
+        run = "smoke run" if config.smoke else f"configuration {config.name!r}"
+        print(f"not met in this {run} (the CPU recipe meets it): {claim}")
+    return met
 
 
 def accelerator_warning() -> str | None:
@@ -160,6 +246,8 @@ def describe(config: Config) -> str:
         f"configuration {config.name!r} on {len(devices)} {jax.default_backend()} "
         f"device{'s' if len(devices) > 1 else ''} ({kind})"
     )
+    if config.smoke:
+        line += "; SMOKE RUN: step and sample counts cut, so the figures mean nothing"
     warning = accelerator_warning()
     return line if warning is None else f"{warning}\n{line}"
 

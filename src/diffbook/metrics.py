@@ -233,8 +233,10 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
 
     Args:
       samples: ``(N, 8, 8, 1)`` images in ``[-1, 1]`` (clip sampler output first),
-        with N at least the number of held-out images of ``digit`` (59 for a 2;
-        599 for all ten digits when ``digit`` is ``None``).
+        ``N >= 2``.  The figures are meant for N at least the number of held-out
+        images of ``digit`` (59 for a 2; 599 for all ten digits when ``digit`` is
+        ``None``); with fewer, as in a smoke run, they are judged against as many
+        held-out images drawn at random (``n_held_out`` says how many), and are noisier.
       digit: the class the samples should show, or ``None`` for samples of all ten.
       repeats: random draws to average the Fréchet (and class-balance) figures over.
       seed: seed of those draws.
@@ -248,8 +250,8 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
       (predicted-class fractions of all samples) for ``digit=None``.
 
     Raises:
-      ValueError: if ``samples`` has the wrong shape or range or too few images,
-        ``digit`` is outside 0..9, or ``repeats < 1``.
+      ValueError: if ``samples`` has the wrong shape or range or fewer than two
+        images, ``digit`` is outside 0..9, or ``repeats < 1``.
       TypeError: if ``samples`` is not numeric, ``digit`` is not an int or None, or
         ``repeats`` is not an int.
     """
@@ -260,12 +262,14 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
     train, train_labels = load_digits(digit, split="train")
     held, held_labels = load_digits(digit, split="held_out")
     n = len(held)
+    if len(samples) < 2:
+        raise ValueError(f"samples needs at least 2 images, got {len(samples)}")
     if len(samples) < n:
-        which = "all digits" if digit is None else f"digit {digit}"
-        raise ValueError(
-            f"samples needs at least {n} images for {which} (the number of "
-            f"held-out images), got {len(samples)}"
-        )
+        # Fewer samples than held-out images (a smoke run's): judge them against as many
+        # held-out images, drawn at random, so that every figure and its references still
+        # compare sets of one size.  The figures are then noisier than a full run's.
+        keep = np.random.default_rng(seed).choice(n, size=len(samples), replace=False)
+        held, held_labels, n = held[keep], held_labels[keep], len(samples)
 
     rng = np.random.default_rng(seed)
     train_f, held_f, samp_f = digit_features(train), digit_features(held), digit_features(samples)
@@ -326,9 +330,11 @@ def class_conditional_quality(
     """Figures of samples drawn for given digit labels, judged against held-out images.
 
     Args:
-      samples: ``(N, 8, 8, 1)`` in ``[-1, 1]``, at least 599 (the held-out images).
+      samples: ``(N, 8, 8, 1)`` in ``[-1, 1]``; meant for at least 599 (the held-out
+        images), as :func:`digit_quality` explains.
       labels: ``(N,)`` the digit each sample was drawn for.
-      per_digit: also judge each digit's samples alone (needs at least 61 of each).
+      per_digit: also judge each digit's samples alone (meant for at least 61 of
+        each; two at least).
       repeats: random draws of the Fréchet figures (see :func:`digit_quality`).
       seed: seed of those draws.
 
@@ -342,8 +348,8 @@ def class_conditional_quality(
       ``fd_ratio_per_digit`` (10 floats) and their mean ``fd_ratio_digits``.
 
     Raises:
-      ValueError: for samples of the wrong shape or range, too few of them (or of
-        one digit, with ``per_digit``), or labels that do not match them.
+      ValueError: for samples of the wrong shape or range, fewer than two of them (or
+        of one digit, with ``per_digit``), or labels that do not match them.
       TypeError: for labels that are not integers.
     """
     samples = check_images(samples, name="samples", shape=DIGIT_SHAPE)
