@@ -2,7 +2,9 @@
 
 Each benchmark trains a chapter's recipe without the notebook and prints one
 line of JSON with timings (seconds) and quality figures.  Timings live here,
-never in the tests.
+never in the tests.  With ``--cost`` it trains nothing and prints what the
+recipe would cost instead: FLOPs and estimated minutes on Colab's machines
+(:func:`diffbook.cost.estimate`).
 """
 
 from __future__ import annotations
@@ -857,8 +859,22 @@ def main(argv=None) -> int:
             type=_int_at_least(2),
             help="override the recipe's training steps (for quick checks)",
         )
+        sub.add_argument(
+            "--cost",
+            action="store_true",
+            help="train nothing: print the recipe's FLOPs by XLA's cost analysis and the "
+            "estimated minutes on a Colab T4 and TPUs (only --config applies)",
+        )
         add_options(sub)
     args = parser.parse_args(argv)
+    if args.cost:
+        if args.samples or args.train_steps:
+            parser.error("--cost trains nothing: --samples and --train-steps do not apply")
+        from . import cost
+
+        choice = args.config or os.environ.get("DIFFBOOK_CONFIG") or config.default_choice()
+        print(json.dumps(cost.estimate(args.chapter, choice)), flush=True)
+        return 0
     if args.chapter in ("vae", "ddpm", "flow_matching"):
         import importlib
 
