@@ -1,5 +1,5 @@
-"""diffbook.cost: XLA's FLOP counts of the chapters' steps (lowering only: nothing is
-compiled or trained)."""
+"""diffbook.cost: XLA's FLOP counts of the chapters' steps, and every accelerator recipe
+held to its budget on a Colab T4 (lowering only: nothing is compiled or trained)."""
 
 import json
 
@@ -15,6 +15,17 @@ from diffbook import bench, cost
 def accelerator_costs():
     """:func:`cost.estimate` of every chapter's accelerator recipe, computed once."""
     return {chapter: cost.estimate(chapter, "accelerator") for chapter in cost.CHAPTERS}
+
+
+def test_every_accelerator_recipe_fits_a_t4_in_time_and_memory(accelerator_costs):
+    for chapter, result in accelerator_costs.items():
+        assert result["train_flops"] > 0 and result["sample_flops"] > 0, chapter
+        assert 0 < result["minutes_t4"] <= cost.BUDGET_MINUTES, (chapter, result["minutes_t4"])
+        for key, device in cost.DEVICES.items():
+            limit = cost.MEMORY_SHARE * device.memory / 1e9
+            assert result[f"memory_gb_{key}"] <= limit, (chapter, key, result)
+            # Every TPU runtime is faster than the T4.
+            assert result[f"minutes_{key}"] <= result["minutes_t4"], (chapter, key)
 
 
 def test_the_minutes_are_the_flops_at_the_stated_rates(accelerator_costs):
