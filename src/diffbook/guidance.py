@@ -28,6 +28,12 @@ calls it before compiling, where the model itself can no longer check values.
 *Classifier guidance* (Dhariwal & Nichol 2021) needs no conditional network: it
 adds the gradient of a classifier of noisy images to an unconditional model's
 score (:func:`classifier_guided_model_fn`).
+
+Guided sampling splits its batch over the devices as every sampler of
+:mod:`diffbook.samplers` does (:func:`diffbook.train.shard_batch`): the starting
+noise, the condition and the doubled batch of each guided network call each lie on
+the ``"data"`` axis, so a model trained by ``train.fit`` (weights replicated) is
+evaluated on every device at once.  On one device nothing changes.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from . import samplers
 from .checks import finite_number, one_of
 from .ddpm import diffusion_loss
 from .schedules import PREDICTIONS, NoiseSchedule
+from .train import shard_batch
 
 #: The shapes of guidance schedule that :func:`guidance_schedule` knows.
 GUIDANCE_SCHEDULES = ("constant", "linear", "cosine", "interval")
@@ -135,13 +142,22 @@ def cfg_loss(
 
 def _guided(model, cond, scale):
     """:func:`guided_model_fn` without the checks (``scale`` may be traced)."""
-    both = tuple(
-        jnp.concatenate([c, n]) for c, n in zip(cond, model.null_condition(*cond), strict=True)
+    # The condition is placed like the batch, and the doubled batch is split over the
+    # devices anew: a concatenation of two split halves would otherwise leave XLA
+    # free to gather it onto every device, or to split the condition (a jit input)
+    # in a way that JAX cannot describe.
+    cond = shard_batch(cond)
+    both = shard_batch(
+        tuple(
+            jnp.concatenate([c, n]) for c, n in zip(cond, model.null_condition(*cond), strict=True)
+        )
     )
 
     def model_fn(x, u):
         n = x.shape[0]
-        out = model(jnp.concatenate([x, x]), jnp.concatenate([u, u]), *both)
+        out = model(
+            shard_batch(jnp.concatenate([x, x])), shard_batch(jnp.concatenate([u, u])), *both
+        )
         conditional, unconditional = out[:n], out[n:]
         s = scale(u) if callable(scale) else scale
         s = jnp.reshape(s, jnp.shape(s) + (1,) * (x.ndim - jnp.ndim(s)))
@@ -310,7 +326,7 @@ def classifier_guided_model_fn(
     def log_prob(x, u):
         # Summed over the batch: example i's gradient depends on its own term only.
         logp = jax.nn.log_softmax(classifier(x, u))
-        return jnp.take_along_axis(logp, labels[:, None], axis=1).sum()
+        return jnp.take_along_axis(logp, shard_batch(labels)[:, None], axis=1).sum()
 
     def guided(x, u):
         out = model_fn(x, u)

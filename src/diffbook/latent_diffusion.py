@@ -22,6 +22,7 @@ from flax import nnx
 from . import checks, text_to_image
 from .autoencoder import Autoencoder, psnr
 from .nets import TextToImage
+from .train import shard_batch
 
 #: The diffusion stage's recipes; :func:`diffbook.config.pick` chooses one, and the
 #: autoencoder's recipe of the same name (:data:`diffbook.autoencoder.RECIPE`) gives
@@ -97,14 +98,15 @@ def make_model(cfg, vocab_size: int, latent_channels: int, *, seed: int = 0) -> 
     )
 
 
+# Each batch is split over the devices (train.shard_batch), as fit splits its batches.
 @nnx.jit
 def _encode_batch(autoencoder, x):
-    return autoencoder.encode(x)
+    return autoencoder.encode(shard_batch(x))
 
 
 @nnx.jit
 def _decode_batch(autoencoder, z):
-    return jnp.clip(autoencoder.decode(z), -1.0, 1.0)
+    return jnp.clip(autoencoder.decode(shard_batch(z)), -1.0, 1.0)
 
 
 def _batched(fn, autoencoder, arrays, batch_size: int) -> np.ndarray:

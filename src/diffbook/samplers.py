@@ -24,6 +24,14 @@ at once, and reports how many times the velocity (the network) was evaluated.
 Flow matching samples with it (noise at t=0 to data at t=1) and encodes with it
 (the same ODE run backwards); the probability-flow ODE of a diffusion model is
 another use.
+
+Every sampler here splits its batch over the devices (:func:`diffbook.train.shard_batch`):
+``x_T`` and the state carried from step to step live on the ``"data"`` axis of
+:func:`diffbook.train.data_mesh`, so with a model trained by ``train.fit`` (weights
+replicated) each device runs the network on its own slice of the samples.  On one
+device nothing changes; on several, the samples equal the one-device ones to float
+rounding.  A batch whose size does not divide by the device count is replicated
+instead (every device computes all of it; see :func:`~diffbook.train.shard_batch`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import numpy as np
 
 from .checks import finite_number, one_of, positive_int
 from .schedules import PREDICTIONS, NoiseSchedule, split_prediction
+from .train import shard_batch
 
 # Velocity evaluations per attempted step.  Tsit5 and Dopri5 are "first same as
 # last": a step reuses the previous step's final evaluation, so they cost one
@@ -68,7 +77,8 @@ def ode_solve(
     Args:
       velocity: ``velocity(t, x) -> dx/dt`` with ``t`` a scalar and ``x`` the
         whole batch; it is called with traced values, so it must be JAX code.
-      x: the state at ``t0``, any shape (a batch of images, say).
+      x: the state at ``t0``, any shape (a batch of images, say).  An array with
+        a leading axis is taken to be a batch and split over the devices.
       t0, t1: start and end times; ``t1 < t0`` integrates backwards.
       solver: a diffrax solver (default ``diffrax.Tsit5()``).
       steps: a fixed number of equal steps; ``None`` lets an adaptive step-size
@@ -98,23 +108,28 @@ def ode_solve(
         dfx.ConstantStepSize() if steps is not None else dfx.PIDController(rtol=rtol, atol=atol)
     )
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(lambda t, y, args: velocity(t, y)),
+        dfx.ODETerm(lambda t, y, args: _shard(velocity(t, _shard(y)))),
         solver,
         t0,
         t1,
         dt0,
-        x,
+        _shard(x),
         stepsize_controller=controller,
         max_steps=max_steps,
     )
     per_step, initial = _EVALS_PER_STEP[name]
     nfe = per_step * sol.stats["num_steps"] + initial
-    return sol.ys[0], jnp.asarray(nfe)
+    return _shard(sol.ys[0]), jnp.asarray(nfe)
 
 
 # --------------------------------------------------------------------------
 # Discrete-time diffusion (DDPM and DDIM) on the schedule's integer grid.
 # --------------------------------------------------------------------------
+
+
+def _shard(x):
+    """:func:`~diffbook.train.shard_batch` for a batch; a scalar state is left alone."""
+    return shard_batch(x) if jnp.ndim(x) >= 1 else x
 
 
 def _check_common(schedule, x_T, prediction):
@@ -136,7 +151,7 @@ def _full_chain(schedule, steps, name):
 
 def _call(schedule, model_fn, x, t):
     """The network at integer timestep ``t`` (a scalar) for the whole batch."""
-    return model_fn(x, schedule.to_u(jnp.full((x.shape[0],), t, jnp.int32)))
+    return model_fn(x, shard_batch(schedule.to_u(jnp.full((x.shape[0],), t, jnp.int32))))
 
 
 def ddpm_sample(
@@ -177,9 +192,11 @@ def ddpm_sample(
     def body(x, inputs):
         t, k = inputs
         out = _call(schedule, model_fn, x, t)
-        return schedule.step(out, t, x, k, prediction=prediction, clip_x0=clip_x0).prev_sample, None
+        x = schedule.step(out, t, x, k, prediction=prediction, clip_x0=clip_x0).prev_sample
+        return shard_batch(x), None
 
     T = schedule.num_timesteps
+    x_T = shard_batch(x_T)
     x, _ = jax.lax.scan(body, x_T, (jnp.arange(T - 1, -1, -1), jax.random.split(key, T)))
     return x, T
 
@@ -273,10 +290,12 @@ def ddim_sample(
     def body(x, inputs):
         t, t_prev, k = inputs
         out = _call(schedule, model_fn, x, t)
-        return schedule.ddim_step(
+        x = schedule.ddim_step(
             out, t, t_prev, x, k, eta=eta, prediction=prediction, clip_x0=clip_x0
-        ).prev_sample, None
+        ).prev_sample
+        return shard_batch(x), None
 
+    x_T = shard_batch(x_T)
     x, _ = jax.lax.scan(body, x_T, (jnp.asarray(ts), jnp.asarray(prev), keys))
     return x, len(ts)
 
@@ -312,8 +331,8 @@ def predict_x0(
       The estimate, of ``x0``'s shape.
     """
     _check_common(schedule, x0, prediction)
-    tb = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x0.shape[0],))
-    x_t = schedule.add_noise(x0, noise, tb)
+    tb = shard_batch(jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x0.shape[0],)))
+    x_t = shard_batch(schedule.add_noise(x0, noise, tb))
     return schedule.to_x0_eps(
         model_fn(x_t, schedule.to_u(tb)), x_t, tb, prediction, clip_x0=clip_x0
     )[0]
@@ -353,15 +372,15 @@ def ddim_invert(
 
     def body(x, inputs):
         t_from, t_to = inputs
-        tb = jnp.full((x.shape[0],), t_to, jnp.int32)
+        tb = shard_batch(jnp.full((x.shape[0],), t_to, jnp.int32))
         # The noise direction is estimated at the next (noisier) timestep.
         _, eps = schedule.to_x0_eps(model_fn(x, schedule.to_u(tb)), x, tb, prediction)
         ab_from = jnp.where(t_from >= 0, schedule.alpha_bars[jnp.maximum(t_from, 0)], 1.0)
         x0_pred = (x - jnp.sqrt(1.0 - ab_from) * eps) / jnp.sqrt(ab_from)
         ab_to = schedule.alpha_bars[t_to]
-        return jnp.sqrt(ab_to) * x0_pred + jnp.sqrt(1.0 - ab_to) * eps, None
+        return shard_batch(jnp.sqrt(ab_to) * x0_pred + jnp.sqrt(1.0 - ab_to) * eps), None
 
-    x, _ = jax.lax.scan(body, x0, (jnp.asarray(prev), jnp.asarray(ts)))
+    x, _ = jax.lax.scan(body, shard_batch(x0), (jnp.asarray(prev), jnp.asarray(ts)))
     return x, len(ts)
 
 
@@ -378,7 +397,8 @@ def langevin(score: Callable, x: jax.Array, key: jax.Array, *, steps: int, step_
 
     Args:
       score: ``score(x)``, the gradient of the target's log-density (exact or learned).
-      x: the starting points, any shape.
+      x: the starting points, any shape (an array with a leading axis is a batch,
+        split over the devices).
       key: PRNG key.
       steps: the number of updates.
       step_size: the step size, > 0.
@@ -394,16 +414,16 @@ def langevin(score: Callable, x: jax.Array, key: jax.Array, *, steps: int, step_
 
     def body(x, k):
         z = jax.random.normal(k, x.shape)
-        return x + step_size * score(x) + jnp.sqrt(2.0 * step_size) * z, None
+        return _shard(x + step_size * score(x) + jnp.sqrt(2.0 * step_size) * z), None
 
-    x, _ = jax.lax.scan(body, x, jax.random.split(key, steps))
+    x, _ = jax.lax.scan(body, _shard(x), jax.random.split(key, steps))
     return x
 
 
 def _score_at(schedule, model_fn, x, u, prediction, clip_x0=False):
     """(x0, eps, score) of the network at continuous time ``u`` (a scalar)."""
     ab = schedule.alpha_bar_at(u)
-    out = model_fn(x, jnp.full((x.shape[0],), u, jnp.float32))
+    out = model_fn(x, shard_batch(jnp.full((x.shape[0],), u, jnp.float32)))
     x0, eps = split_prediction(out, x, ab, prediction, clip_x0=clip_x0)
     return x0, eps, -eps / jnp.sqrt(1.0 - ab)
 
@@ -468,7 +488,7 @@ def pc_sample(
             ).prev_sample
         # Correct at level t - 1, the level the predictor just moved to.
         t_new = jnp.maximum(t - 1, 0)
-        tn = jnp.full((x.shape[0],), t_new, jnp.int32)
+        tn = shard_batch(jnp.full((x.shape[0],), t_new, jnp.int32))
         ab, alpha = schedule.alpha_bars[t_new], schedule.alphas[t_new]
 
         def correct(x, kc):
@@ -479,17 +499,18 @@ def pc_sample(
                 jnp.sqrt(jnp.sum(score**2, axes))
             )
             step = 2.0 * alpha * (snr * ratio) ** 2
-            return x + step * score + jnp.sqrt(2.0 * step) * z, None
+            return shard_batch(x + step * score + jnp.sqrt(2.0 * step) * z), None
 
         if corrector_steps:
             x_c, _ = jax.lax.scan(correct, x, jax.random.split(k_corr, corrector_steps))
             x = jnp.where(t > 0, x_c, x)  # the last step lands on data: no correction
-        return x, None
+        return shard_batch(x), None
 
     T = schedule.num_timesteps
+    x_T = shard_batch(x_T)
     x, _ = jax.lax.scan(body, x_T, (jnp.arange(T - 1, -1, -1), jax.random.split(key, T)))
     if predictor == "none":  # finish with the predicted clean sample: one more call
-        t0 = jnp.zeros((x.shape[0],), jnp.int32)
+        t0 = shard_batch(jnp.zeros((x.shape[0],), jnp.int32))
         x = schedule.to_x0_eps(model_fn(x, schedule.to_u(t0)), x, t0, prediction, clip_x0=clip_x0)[
             0
         ]
@@ -607,8 +628,9 @@ def reverse_sde(
 
     def drift(tau, x, args):
         u = u_start - tau
+        x = shard_batch(x)
         _, _, score = _score_at(schedule, model_fn, x, u, prediction)
-        return schedule.beta_at(u) * (0.5 * x + score)
+        return shard_batch(schedule.beta_at(u) * (0.5 * x + score))
 
     def diffusion(tau, x, args):
         scale = jnp.sqrt(schedule.beta_at(u_start - tau)) * jnp.ones_like(x)
@@ -623,12 +645,12 @@ def reverse_sde(
         0.0,
         u_start,
         dt,
-        x_T,
+        shard_batch(x_T),
         stepsize_controller=dfx.ConstantStepSize(),
         max_steps=steps + 1,
         adjoint=dfx.ForwardMode(),
     )
-    x0, _, _ = _score_at(schedule, model_fn, sol.ys[0], 0.0, prediction, clip_x0)
+    x0, _, _ = _score_at(schedule, model_fn, shard_batch(sol.ys[0]), 0.0, prediction, clip_x0)
     return x0, steps + 1
 
 
@@ -652,7 +674,9 @@ def sample(
 
     The key is split once: the first half draws ``x_T``, the second drives the
     sampler, so a deterministic sampler and a stochastic one started from the same
-    key start from the same noise.
+    key start from the same noise.  ``x_T`` is split over the devices
+    (:func:`diffbook.train.shard_batch`) before the sampler runs; the noise drawn is
+    the same on any number of devices.
 
     Args:
       name: a key of :data:`SAMPLERS`.
@@ -670,6 +694,5 @@ def sample(
     """
     one_of(name, "name", tuple(SAMPLERS))
     k_init, k_run = jax.random.split(key)
-    return SAMPLERS[name](
-        schedule, model_fn, jax.random.normal(k_init, tuple(shape)), k_run, **options
-    )
+    x_T = _shard(jax.random.normal(k_init, tuple(shape)))  # a bad shape fails in the sampler
+    return SAMPLERS[name](schedule, model_fn, x_T, k_run, **options)

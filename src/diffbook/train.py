@@ -10,6 +10,12 @@ is fetched (and checked for NaN) every ``check_every`` steps.  We measured that
 fusing many steps into one ``lax.scan`` is *slower* on XLA's CPU backend: the
 gradients of convolutions inside a loop body ran about 12 times slower than the
 same step called from Python (see the flow-matching chapter's closing notes).
+
+Sampling and evaluation split their batches the same way: :func:`shard_batch` puts a
+batch's leading axis on the ``"data"`` axis, and the library's samplers
+(:mod:`diffbook.samplers`, :mod:`diffbook.guidance`) call it on ``x_T`` and on the
+carry of their loops, so after ``fit`` (which leaves the weights replicated) each
+device denoises its own slice of the samples.
 """
 
 from __future__ import annotations
@@ -40,6 +46,80 @@ def data_mesh(devices=None) -> Mesh:
 def replicate(tree, mesh: Mesh):
     """Put every array of ``tree`` on every device of ``mesh``."""
     return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(x, mesh: Mesh | None = None):
+    """Split the leading (batch) axis of ``x`` over the ``"data"`` axis of ``mesh``.
+
+    What :func:`fit` does to its training batches, for sampling and evaluation: each
+    device then runs the network on its own slice of the batch, with the weights
+    replicated (as ``fit`` leaves them).  It works both ways a batch is met:
+
+    * inside ``jax.jit`` (or ``nnx.jit``, ``lax.scan``, a diffrax solve), on traced
+      values, it is ``jax.lax.with_sharding_constraint``;
+    * on concrete arrays it is ``jax.device_put``.
+
+    The values never change, only where they live; random numbers drawn for a
+    sharded array (``jax.random.normal(key, x.shape)``) are the same as for an
+    unsharded one, since JAX's default threefry is partitionable.
+
+    On a mesh whose ``"data"`` axis has one device, ``x`` is returned unchanged (the
+    same object), so one-device programs are exactly what they were without it.
+
+    A batch whose size B does not divide by the ``"data"`` axis's size is
+    *replicated* instead: every device holds (and computes on) all of it, as
+    without this function, so such a batch gains no speed, but its values are the
+    same.  Padding it to a multiple would change the shapes that a sampler's
+    batch-wide figures (the corrector's mean norms, an adaptive ODE solver's error
+    norm) are taken over, and an uneven split inside ``jit`` lets XLA choose
+    shardings of the inputs that JAX cannot describe (an ``IndivisibleError``).
+    Pick batch sizes that divide by the device count (8 on a TPU v2-8) to use
+    every device.
+
+    Args:
+      x: an array of shape (B, ...), or a pytree of such arrays (a batch and its
+        labels, say), concrete or traced; B may differ between leaves.
+      mesh: a mesh with an axis named ``"data"`` (default :func:`data_mesh`, all
+        devices).  Arrays that the same computation uses must live on its devices:
+        the replicated weights of a model trained by ``fit`` with this mesh, or
+        arrays not committed to any device.
+
+    Returns:
+      ``x`` itself on a one-device mesh; otherwise a pytree of ``x``'s structure
+      whose arrays (same shapes, dtypes and values) are split along axis 0 over
+      ``"data"`` (sharding ``NamedSharding(mesh, P("data"))``), or replicated
+      (``NamedSharding(mesh, P())``) where B does not divide by its size.
+
+    Raises:
+      TypeError: if ``mesh`` is not a ``jax.sharding.Mesh``.
+      ValueError: if ``mesh`` has no ``"data"`` axis, ``x`` holds no array, or an
+        array of ``x`` has no leading axis (a scalar).
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if "data" not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named 'data', got axes {mesh.axis_names}")
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError("x must be an array or a pytree holding at least one array")
+    for leaf in leaves:
+        if jnp.ndim(leaf) < 1:
+            raise ValueError(
+                f"x must hold batches of shape (B, ...), got an array of shape {jnp.shape(leaf)}"
+            )
+    n = mesh.shape["data"]
+    if n == 1:
+        return x
+    split, whole = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+    def place(a):
+        sharding = split if a.shape[0] % n == 0 else whole
+        if isinstance(a, jax.core.Tracer):
+            return jax.lax.with_sharding_constraint(a, sharding)
+        return jax.device_put(a, sharding)
+
+    return jax.tree.map(place, x)
 
 
 def global_batch_size(batch_size: int, mesh: Mesh) -> int:

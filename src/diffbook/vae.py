@@ -288,7 +288,8 @@ def evaluate_elbo(model: VAE, images, *, key: jax.Array, num_samples: int = 16) 
     """Mean ELBO in nats per image over ``images``, averaged over ``num_samples`` draws.
 
     Each draw is one-sample :func:`elbo` of every image; the average is a
-    lower-variance estimate of the same bound.
+    lower-variance estimate of the same bound.  The images are split over the
+    devices (:func:`diffbook.train.shard_batch`).
 
     Args:
       model: the VAE.
@@ -309,7 +310,8 @@ def evaluate_elbo(model: VAE, images, *, key: jax.Array, num_samples: int = 16) 
 
     @jax.jit
     def one(state, k):
-        return jnp.mean(elbo(nnx.merge(graphdef, state), images, k))
+        # The images are split over the devices, as fit splits a batch.
+        return jnp.mean(elbo(nnx.merge(graphdef, state), train.shard_batch(images), k))
 
     return float(np.mean([one(state, k) for k in jax.random.split(key, int(num_samples))]))
 
@@ -330,6 +332,8 @@ def decode_mean(model: VAE, z: jax.Array) -> jax.Array:
 def sample_prior(model: VAE, key: jax.Array, n: int) -> jax.Array:
     """``n`` images decoded from ``z ~ N(0, I)``, shown as the likelihood's mean.
 
+    The latents are split over the devices (:func:`diffbook.train.shard_batch`).
+
     Args:
       model: the VAE.
       key: PRNG key for the latents.
@@ -343,7 +347,7 @@ def sample_prior(model: VAE, key: jax.Array, n: int) -> jax.Array:
       ValueError: if ``n < 1``.
     """
     n = checks.positive_int(n, "n")
-    return decode_mean(model, jax.random.normal(key, (n, model.latent_dim)))
+    return decode_mean(model, train.shard_batch(jax.random.normal(key, (n, model.latent_dim))))
 
 
 def make_model_and_optimizer(cfg, *, seed: int = 0):
