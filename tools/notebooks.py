@@ -20,10 +20,11 @@ that the chapter writes out, for the reader to read and edit, the function, clas
 method that diffbook keeps (``diffbook.schedules.NoiseSchedule.step`` names a method).
 The two are compared as syntax trees, after leaving out what does not bear behaviour: the
 definition's own name, docstrings, comments, the type annotations of arguments and return
-values, and statements that only validate arguments (an ``if`` whose body only raises, a
+values, statements that only validate arguments (an ``if`` whose body only raises, a
 bare ``checks.xxx(...)`` or ``check_*``/``_check_*(...)`` call, ``x = checks.xxx(x, ...)``):
-the library checks its arguments, the chapter trusts its caller.  A chapter's name for
-another marked definition counts as its twin's name.  Everything else (constants,
+the library checks its arguments, the chapter trusts its caller; and calls that only place
+a batch on the devices (``shard_batch(x)``, ``_shard(x)``: ``x`` is compared instead).  A
+chapter's name for another marked definition counts as its twin's name.  Everything else (constants,
 operators, calls, argument names and defaults, keywords, local names) must match; each
 difference is printed as ``notebooks/NN.md:LINE: name differs from twin: first differing
 node``, and so is a marker that names nothing or stands above no definition.
@@ -387,9 +388,30 @@ def _is_validation(stmt) -> bool:
     )
 
 
+# Functions that only place a batch on the devices (diffbook.train.shard_batch, and
+# samplers' _shard, which calls it): the values are unchanged, so a chapter need not
+# write them out.
+_PLACEMENTS = ("shard_batch", "_shard")
+
+
+def _is_placement(node) -> bool:
+    """A call ``shard_batch(x)``, ``train.shard_batch(x)`` or ``_shard(x)`` of one argument."""
+    if not isinstance(node, ast.Call) or len(node.args) != 1 or node.keywords:
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    return name in _PLACEMENTS
+
+
 class _Normalise(ast.NodeTransformer):
     def __init__(self, renames):
         self.renames = renames
+
+    def visit_Call(self, node):
+        if _is_placement(node):
+            return self.visit(node.args[0])
+        self.generic_visit(node)
+        return node
 
     def visit_Name(self, node):
         node.id = self.renames.get(node.id, node.id)
@@ -666,7 +688,9 @@ def _print_timings(md: Path, nb) -> None:
     total = 0.0
     print(f"## {md.stem}")
     for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
-        times = cell.metadata["execution"]
+        times = cell.metadata.get("execution", {})
+        if "shell.execute_reply" not in times:  # not run (a cell before it raised)
+            continue
         start = datetime.fromisoformat(times["iopub.execute_input"].replace("Z", "+00:00"))
         end = datetime.fromisoformat(times["shell.execute_reply"].replace("Z", "+00:00"))
         seconds = (end - start).total_seconds()
@@ -720,8 +744,8 @@ def smoke(md: Path, out: Path | None = None) -> bool:
         ok = False
     else:
         print(f"smoke {md.stem}: ran in {time.perf_counter() - start:.0f} s")
-        _print_timings(md, nb)
         ok = True
+    _print_timings(md, nb)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, out / f"{md.stem}.ipynb")
