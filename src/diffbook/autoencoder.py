@@ -75,6 +75,8 @@ RECIPE = {
         warmup=200,
         ema_decay=0.999,
     ),
+    # A smoke run of chapter 7 (see diffbook.config.pick): every cell, few steps.
+    "smoke": dict(steps=10, warmup=2, batch_size=16),
 }
 
 

@@ -63,6 +63,8 @@ RECIPE = {
         dit_patch=2,
         dit_steps=1000,
         dit_lr=2e-3,
+        per_digit_samples=64,  # of each digit, in the chapter's comparisons
+        final_per_digit_samples=100,  # of each digit, in its closing figures
     ),
     "accelerator": dict(
         channels=(64, 128),
@@ -88,6 +90,20 @@ RECIPE = {
         dit_patch=2,
         dit_steps=6000,
         dit_lr=5e-4,
+        per_digit_samples=64,
+        final_per_digit_samples=100,
+    ),
+    # A smoke run of the chapter (see diffbook.config.pick): every cell, few steps.
+    "smoke": dict(
+        steps=20,
+        warmup=2,
+        batch_size=16,
+        sample_steps=2,
+        sweep_steps=2,
+        classifier_steps=10,
+        dit_steps=10,
+        per_digit_samples=2,
+        final_per_digit_samples=2,
     ),
 }
 

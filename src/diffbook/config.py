@@ -25,9 +25,9 @@ from . import checks
 CHOICES = ("cpu", "accelerator")
 
 #: A smoke run may cut only settings whose names end so: counts of optimiser steps,
-#: sampler steps and samples.  The data, the resolution and the networks stay those of
-#: the chosen configuration.
-SMOKE_SETTINGS = ("steps", "warmup", "samples")
+#: sampler steps and samples, and the number of examples in a training batch.  The data,
+#: the resolution and the networks stay those of the chosen configuration.
+SMOKE_SETTINGS = ("steps", "warmup", "samples", "batch_size")
 
 
 def smoke_run() -> bool:

@@ -32,6 +32,7 @@ RECIPE = {
         ema_decay=0.995,
         rtol=1e-3,
         atol=1e-3,
+        num_samples=256,  # per sampling seed
     ),
     "accelerator": dict(
         digit=2,
@@ -43,7 +44,10 @@ RECIPE = {
         ema_decay=0.999,
         rtol=1e-4,
         atol=1e-4,
+        num_samples=256,
     ),
+    # A smoke run of the chapter (see diffbook.config.pick): every cell, few steps.
+    "smoke": dict(steps=20, warmup=2, batch_size=16, num_samples=16),
 }
 
 

@@ -48,10 +48,13 @@ RECIPE = {
         # 10, 25 and 50 DDIM steps gave the same fidelity and PSNR (chapter 7, exercise 3).
         sample_steps=10,
         guidance=3.0,
+        num_samples=300,  # prompts sampled in the guidance sweep: the first ones (here all)
     ),
     "accelerator": dict(
         resolution=64,
-        num_emoji=None,
+        # The first 1,200 of the 1,640 named emoji; the others stay unseen (chapter 5's and
+        # chapter 7's sections on names the model never saw).
+        num_emoji=1200,
         max_len=8,
         text_dim=128,
         text_layers=3,
@@ -68,7 +71,10 @@ RECIPE = {
         prediction="v",
         sample_steps=25,
         guidance=3.0,
+        num_samples=600,
     ),
+    # A smoke run of the chapter (see diffbook.config.pick): every cell, few steps.
+    "smoke": dict(steps=10, warmup=2, batch_size=16, sample_steps=2, num_samples=24),
 }
 
 

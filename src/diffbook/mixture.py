@@ -428,6 +428,8 @@ RECIPE = {
         schedule="linear",
         num_timesteps=1000,
         num_data=2**16,
+        num_samples=10_000,
+        table_samples=3_000,
     ),
     "accelerator": dict(
         width=128,
@@ -441,7 +443,11 @@ RECIPE = {
         schedule="linear",
         num_timesteps=1000,
         num_data=2**18,
+        num_samples=10_000,
+        table_samples=3_000,
     ),
+    # A smoke run of the chapter (see diffbook.config.pick): every cell, few steps.
+    "smoke": dict(steps=64, warmup=4, batch_size=64, num_samples=1024, table_samples=512),
 }
 
 

@@ -54,6 +54,8 @@ RECIPE = {
         warmup=200,
         eval_samples=64,
     ),
+    # A smoke run of the chapter (see diffbook.config.pick): every cell, few steps.
+    "smoke": dict(steps=20, warmup=2, eval_samples=2, batch_size=16),
 }
 
 
