@@ -148,13 +148,14 @@ def pick(recipe: dict, choice: str | None = None) -> Config:
     return Config(choice, recipe[choice])
 
 
-def expect(config: Config, condition, claim: str) -> bool:
+def expect(config: Config, condition, claim: str) -> None:
     """A chapter's check of a result that its CPU recipe was measured to reach.
 
     Under the CPU recipe, the one the chapter's figures were measured with, an unmet
     check stops the chapter, as ``assert`` would.  Under any other recipe (a GPU or
     TPU, a smoke run) the figures differ, so an unmet check prints one line saying so
-    and the chapter goes on.  A met check prints nothing.
+    and the chapter goes on.  A met check prints nothing, and nothing is returned, so a
+    check on a cell's last line shows nothing in the notebook either.
 
     Args:
       config: the chapter's configuration (from :func:`pick`).
@@ -162,9 +163,6 @@ def expect(config: Config, condition, claim: str) -> bool:
         NumPy boolean scalar.
       claim: what the check says, in words and figures, e.g.
         ``f"held-out ELBO {elbo:.1f} above -105 nats"``.
-
-    Returns:
-      Whether the check was met.
 
     Raises:
       TypeError: if ``config`` is not a :class:`Config` or ``claim`` not a string.
@@ -174,13 +172,11 @@ def expect(config: Config, condition, claim: str) -> bool:
         raise TypeError(f"config must be a Config from config.pick, got {type(config).__name__}")
     if not isinstance(claim, str):
         raise TypeError(f"claim must be a string, got {type(claim).__name__}")
-    met = bool(condition)
-    if not met:
+    if not bool(condition):
         if config.name == "cpu" and not config.smoke:
             raise AssertionError(claim)
         run = "smoke run" if config.smoke else f"configuration {config.name!r}"
         print(f"not met in this {run} (the CPU recipe meets it): {claim}")
-    return met
 
 
 def accelerator_warning() -> str | None:
