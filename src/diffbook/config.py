@@ -24,9 +24,9 @@ from . import checks
 #: The two configurations every chapter's recipe holds.
 CHOICES = ("cpu", "accelerator")
 
-#: A smoke run may cut only settings whose names end so: counts of optimiser steps,
-#: sampler steps and samples, and the number of examples in a training batch.  The data,
-#: the resolution and the networks stay those of the chosen configuration.
+#: The endings of the names of the settings that a smoke run may cut (counts of optimiser
+#: steps, sampler steps and samples, and the number of examples in a training batch).  The
+#: data, the resolution and the networks stay those of the chosen configuration.
 SMOKE_SETTINGS = ("steps", "warmup", "samples", "batch_size")
 
 
