@@ -83,21 +83,26 @@ def pytest_terminal_summary(terminalreporter):
     if not _PHASE_SECONDS or os.environ.get("PYTEST_XDIST_WORKER"):
         return
     chapters = {k: v for k, v in _PHASE_SECONDS.items() if k.endswith(".ipynb")}
-    book_files = ("tests/test_book.py", "tests/test_browser.py")
+    book_files = ("tests/book/test_book.py", "tests/book/test_browser.py")
     book = sum(_PHASE_SECONDS.get(name, 0.0) for name in book_files)
-    smoke = _PHASE_SECONDS.get("tests/test_smoke.py", 0.0)
-    units = {
+    smoke_file = "tests/book/test_smoke.py"
+    smoke = _PHASE_SECONDS.get(smoke_file, 0.0)
+    rest = {
         k: v
         for k, v in _PHASE_SECONDS.items()
-        if k not in chapters and k not in book_files and k != "tests/test_smoke.py"
+        if k not in chapters and k not in book_files and k != smoke_file
     }
+    # tests/unit is the library's suite; the other files of tests/book check the pipeline.
+    units = {k: v for k, v in rest.items() if k.startswith("tests/unit/")}
+    pipeline = {k: v for k, v in rest.items() if k not in units}
     write = terminalreporter.write_line
     terminalreporter.section("time by phase (seconds of test time; phases overlap under -n)")
     for name, seconds in sorted(chapters.items()):
         write(f"chapter {name:32s} {seconds:6.0f} s")
     write(f"{'smoke run (accelerator recipes)':40s} {smoke:6.0f} s")
     write(f"{'book build, checks, browser':40s} {book:6.0f} s")
-    write(f"unit tests {'(all other files)':29s} {sum(units.values()):6.0f} s")
+    write(f"{'other pipeline tests (tests/book)':40s} {sum(pipeline.values()):6.0f} s")
+    write(f"unit tests {'(tests/unit)':29s} {sum(units.values()):6.0f} s")
     for name, seconds in sorted(units.items(), key=lambda kv: -kv[1]):
         write(f"    {name:36s} {seconds:6.0f} s")
     write(f"wall clock {'':29s} {time.perf_counter() - _START:6.0f} s")

@@ -1,5 +1,5 @@
-"""What several test files share: the built book (tests/test_book.py, tests/test_browser.py)
-and :func:`assert_every_param_gets_a_gradient`.
+"""What several test files share: the built book (tests/book/test_book.py,
+tests/book/test_browser.py), :func:`assert_every_param_gets_a_gradient` and small models.
 
 It also starts this process's JAX with quick compilation (see :data:`FAST_COMPILE`).
 
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Unit tests compile many small programs and run each for milliseconds, so XLA's backend
 # optimisation (LLVM at -O3 on a CPU) costs them more time than it saves: with level 0,
-# tests/test_nets.py took 78 s instead of 139 s on two cores.  The flag is in the
-# environment only while this process starts its JAX backend (XLA reads it once, then);
+# the network tests (now tests/unit/nets) took 78 s instead of 139 s on two cores.  The flag
+# is in the environment only while this process starts its JAX backend (XLA reads it once, then);
 # the chapters' kernels, which copy os.environ when they start, compile as a reader's
 # run does.  Subprocesses of tests ask for it with fast_compile_env().
 FAST_COMPILE = "--xla_backend_optimization_level=0"
@@ -86,7 +86,7 @@ def built_book(tmp_path_factory) -> BookBuild:
             if exe is None:
                 pytest.fail("jupyter-book is not installed: pip install -r requirements.txt")
             # --keep-going: with a warning the HTML is still written, so the browser test
-            # can look at the pages even when tests/test_book.py fails on the warning.
+            # can look at the pages even when tests/book/test_book.py fails on the warning.
             result = subprocess.run(
                 [exe, "build", str(ROOT), "--path-output", str(out), "-W", "-n", "--keep-going"],
                 capture_output=True,
@@ -235,3 +235,63 @@ def tiny_prompts():
 
     tokens = jnp.array([[2, 3, 0, 0], [4, 5, 6, 0], [7, 0, 0, 0]], jnp.int32)
     return tokens, tokens > 0
+
+
+def tiny_class_unet(seed: int = 0):
+    """A small class-conditional :class:`diffbook.nets.UNet` (10 classes, 8x8 digits)
+    whose output depends on its inputs (its zero-initialised output layer is randomised)."""
+    import jax
+    from flax import nnx
+
+    from diffbook import nets
+
+    model = nets.UNet(1, (8, 16), emb_dim=16, num_classes=10, rngs=nnx.Rngs(seed))
+    # The output layer starts at zero; give it weights so that inputs matter.
+    model.out.kernel[...] = 0.1 * jax.random.normal(jax.random.key(1), model.out.kernel.shape)
+    return model
+
+
+def prompt_oracle(prediction: str, steps: int = 1000):
+    """A known text-conditioned network and the clean images it aims at.
+
+    Returns ``(schedule, oracle, x0_cond, x0_uncond)``: a cosine schedule of ``steps``
+    timesteps and a network (called as ``oracle(x, u, tokens, mask)``, with a
+    ``null_condition``) that outputs the exact ``prediction`` target (``"epsilon"`` or
+    ``"v"``) of a fixed clean image: ``x0_cond`` when the prompt has a word and
+    ``x0_uncond`` when it has none.  Both are ``(3, 16, 16, 3)``; row ``i`` of a batch is
+    prompt ``i % 3`` of :func:`tiny_prompts`.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from diffbook.schedules import NoiseSchedule
+
+    class Oracle(nnx.Module):
+        def __init__(self, schedule, x0_cond, x0_uncond, prediction):
+            self.alpha_bars = nnx.Variable(jnp.asarray(schedule.alpha_bars))
+            self.x0_cond, self.x0_uncond = nnx.Variable(x0_cond), nnx.Variable(x0_uncond)
+            self.num_timesteps, self.prediction = schedule.num_timesteps, prediction
+
+        def null_condition(self, tokens, mask):
+            return tokens, jnp.zeros_like(mask)
+
+        def __call__(self, x, u, tokens, mask):
+            t = jnp.round(u * self.num_timesteps).astype(jnp.int32)
+            ab = self.alpha_bars[...][t][:, None, None, None]
+            # Row i of a batch is prompt i % 3 (guidance stacks the prompts twice).
+            reps = (x.shape[0] // self.x0_cond.shape[0], 1, 1, 1)
+            x0 = jnp.where(
+                mask.any(1)[:, None, None, None],
+                jnp.tile(self.x0_cond[...], reps),
+                jnp.tile(self.x0_uncond[...], reps),
+            )
+            eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+            if self.prediction == "epsilon":
+                return eps
+            return jnp.sqrt(ab) * eps - jnp.sqrt(1.0 - ab) * x0  # v
+
+    schedule = NoiseSchedule.cosine(steps)
+    x0_cond = jax.random.uniform(jax.random.key(1), (3, 16, 16, 3), minval=-0.9, maxval=0.9)
+    x0_uncond = jax.random.uniform(jax.random.key(2), (3, 16, 16, 3), minval=-0.9, maxval=0.9)
+    return schedule, Oracle(schedule, x0_cond, x0_uncond, prediction), x0_cond, x0_uncond

@@ -6,8 +6,8 @@ diffusion model learns the distribution of those latents, and a sample is
 decoded into an image.  This module holds the first stage for the latent
 diffusion chapter: an :class:`Autoencoder` for RGB emoji ``(N, R, R, 3)`` in
 ``[-1, 1]`` (``R`` = 32 or 64, from :func:`diffbook.emoji.load_emoji`), its
-training loss, the scale that brings its latents to unit variance, and PSNR to
-judge its reconstructions.
+training loss and the scale that brings its latents to unit variance; its
+reconstructions are judged by :func:`diffbook.metrics.psnr`.
 
 **KL regularisation.**  The encoder outputs a mean and a log-variance per latent
 element, like the VAE of chapter 1, but the KL term is weighted so lightly that
@@ -33,7 +33,7 @@ from flax import nnx
 
 from . import checks
 from .data import check_images
-from .nets import _groups, patchify, unpatchify
+from .nets.layers import num_groups, patchify, unpatchify
 from .vae import kl_to_standard_normal, reparameterize
 
 #: Colour channels of the images (RGB).
@@ -87,7 +87,7 @@ def _is_traced(x) -> bool:
 def space_to_depth(x: jax.Array, factor: int) -> jax.Array:
     """Fold every ``factor x factor`` block of pixels into the channels of one position.
 
-    Built on :func:`diffbook.nets.patchify`: the patches it lists row by row are
+    Built on :func:`diffbook.nets.layers.patchify`: the patches it lists row by row are
     laid back out on their grid.  Channel ``(i * factor + j) * C + c`` of output
     position ``(r, s)`` is channel ``c`` of input pixel
     ``(r * factor + i, s * factor + j)``.
@@ -140,7 +140,7 @@ def depth_to_space(x: jax.Array, factor: int) -> jax.Array:
 class Block(nnx.Module):
     """Two 3x3 convolutions with a residual connection, ``(B, h, w, C) -> (B, h, w, C)``.
 
-    :class:`diffbook.nets.ResBlock` without the time embedding, which an
+    :class:`diffbook.nets.layers.ResBlock` without the time embedding, which an
     autoencoder does not have: GroupNorm, SiLU, convolution, twice.
 
     Args:
@@ -149,9 +149,9 @@ class Block(nnx.Module):
     """
 
     def __init__(self, channels: int, *, rngs: nnx.Rngs):
-        self.norm1 = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
+        self.norm1 = nnx.GroupNorm(channels, num_groups=num_groups(channels), rngs=rngs)
         self.conv1 = nnx.Conv(channels, channels, (3, 3), rngs=rngs)
-        self.norm2 = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
+        self.norm2 = nnx.GroupNorm(channels, num_groups=num_groups(channels), rngs=rngs)
         self.conv2 = nnx.Conv(channels, channels, (3, 3), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -184,7 +184,7 @@ class ConvStack(nnx.Module):
         num_blocks = checks.positive_int(num_blocks, "num_blocks", minimum=0)
         self.conv_in = nnx.Conv(in_channels, channels, (3, 3), rngs=rngs)
         self.blocks = nnx.List([Block(channels, rngs=rngs) for _ in range(num_blocks)])
-        self.norm_out = nnx.GroupNorm(channels, num_groups=_groups(channels), rngs=rngs)
+        self.norm_out = nnx.GroupNorm(channels, num_groups=num_groups(channels), rngs=rngs)
         self.conv_out = nnx.Conv(channels, out_channels, (3, 3), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -504,36 +504,6 @@ def latent_scale_factor(latents) -> float:
     if std == 0.0:
         raise ValueError("latents are constant (standard deviation 0): no scale to compute")
     return 1.0 / std
-
-
-def psnr(images, references) -> np.ndarray:
-    """Peak signal-to-noise ratio of each image against its reference, in dB.
-
-    ``10 log10(peak^2 / MSE)`` with ``peak = 2``, the range of ``[-1, 1]``; the MSE
-    is over the pixels and channels of one image.  Identical images give ``inf``.
-
-    Args:
-      images: ``(N, H, W, C)`` in ``[-1, 1]``, e.g. reconstructions (clip decoder
-        output first, see :meth:`Autoencoder.reconstruct`).
-      references: the originals, the same shape, in ``[-1, 1]``.
-
-    Returns:
-      ``(N,)`` float64 PSNRs.
-
-    Raises:
-      TypeError: if either is not numeric.
-      ValueError: if either is not a non-empty 4-D batch of finite values in
-        ``[-1, 1]``, or their shapes differ.
-    """
-    images = check_images(images, name="images").astype(np.float64)
-    references = check_images(references, name="references").astype(np.float64)
-    if images.shape != references.shape:
-        raise ValueError(
-            f"references must have the shape of images, got {references.shape} and {images.shape}"
-        )
-    mse = np.mean((images - references) ** 2, axis=(1, 2, 3))
-    with np.errstate(divide="ignore"):
-        return 10.0 * np.log10(4.0 / mse)
 
 
 def make_autoencoder(cfg, *, seed: int = 0) -> Autoencoder:

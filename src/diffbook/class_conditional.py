@@ -1,24 +1,21 @@
-"""Chapter 6, all ten digits on command: its recipes, its networks and its classifier loss.
+"""Chapter 6, all ten digits on command: its recipes and its networks.
 
 The guidance itself lives in :mod:`diffbook.guidance` (classifier-free guidance,
-classifier guidance and guidance schedules), the networks in :mod:`diffbook.nets`
-(:class:`~diffbook.nets.UNet` and :class:`~diffbook.nets.DiT` with ``num_classes``,
-:class:`~diffbook.nets.NoisyClassifier`) and the judge in :mod:`diffbook.metrics`
-(:func:`~diffbook.metrics.class_conditional_quality`).  This module holds the
-chapter's two :data:`RECIPE` configurations, builds its models from one of them and
-defines the loss of the noise-aware classifier, which the chapter teaches.
+classifier guidance with the loss of its noise-aware classifier, and guidance
+schedules), the networks in :mod:`diffbook.nets` (:class:`~diffbook.nets.unet.UNet`
+and :class:`~diffbook.nets.dit.DiT` with ``num_classes``,
+:class:`~diffbook.nets.classifier.NoisyClassifier`) and the judge in
+:mod:`diffbook.metrics` (:func:`~diffbook.metrics.class_conditional_quality`).  This
+module holds the chapter's two :data:`RECIPE` configurations and builds its models
+from one of them.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from . import checks
 from .nets import DiT, NoisyClassifier, UNet
-from .schedules import NoiseSchedule
 
 #: The backbones :func:`make_model` builds.
 BACKBONES = ("unet", "dit")
@@ -113,8 +110,8 @@ def make_model(cfg, backbone: str = "unet", *, seed: int = 0) -> UNet | DiT:
 
     Args:
       cfg: a recipe from :data:`RECIPE` (as :func:`diffbook.config.pick` returns it).
-      backbone: "unet" (:class:`~diffbook.nets.UNet`, widths ``cfg.channels``) or
-        "dit" (:class:`~diffbook.nets.DiT`, ``cfg.dit_dim`` wide, ``cfg.dit_depth``
+      backbone: "unet" (:class:`~diffbook.nets.unet.UNet`, widths ``cfg.channels``) or
+        "dit" (:class:`~diffbook.nets.dit.DiT`, ``cfg.dit_dim`` wide, ``cfg.dit_depth``
         blocks, ``cfg.dit_patch`` pixels a patch).
       seed: seed of the initial parameters.
 
@@ -150,39 +147,7 @@ def make_classifier(cfg, *, seed: int = 0) -> NoisyClassifier:
       seed: seed of the initial parameters.
 
     Returns:
-      A :class:`~diffbook.nets.NoisyClassifier` for (B, 8, 8, 1) images and 10 classes.
+      A :class:`~diffbook.nets.classifier.NoisyClassifier` for (B, 8, 8, 1) images and 10 classes.
     """
     seed = checks.positive_int(seed, "seed", minimum=0)
     return NoisyClassifier(1, cfg.classifier_channels, num_classes=NUM_CLASSES, rngs=nnx.Rngs(seed))
-
-
-def classifier_loss(
-    schedule: NoiseSchedule, classifier, batch, key: jax.Array, *, noisy: bool = True
-) -> jax.Array:
-    """Cross-entropy of a classifier on noised training images.
-
-    Each image is noised to a random timestep ``t`` exactly as the diffusion loss
-    noises it, and the classifier, told ``u = t/T``, must name the digit.  With
-    ``noisy=False`` it sees the clean images at ``u = 0``: an ordinary classifier,
-    the one that fails as a guide.
-
-    Args:
-      schedule: the diffusion model's noise schedule.
-      classifier: ``classifier(x, u) -> (B, K)`` logits.
-      batch: ``(x0, labels)``: images (B, 8, 8, 1) and ints (B,).
-      key: PRNG key for the timesteps and the noise.
-      noisy: noise the images (the default) or not.
-
-    Returns:
-      The mean cross-entropy, a scalar.
-    """
-    x0, labels = batch
-    k_t, k_noise = jax.random.split(key)
-    if noisy:
-        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
-        x = schedule.add_noise(x0, jax.random.normal(k_noise, x0.shape), t)
-        u = schedule.to_u(t)
-    else:
-        x, u = x0, jnp.zeros((x0.shape[0],))
-    logits = classifier(x, u)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()

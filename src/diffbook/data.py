@@ -36,7 +36,19 @@ def _sklearn_digits():
     return images, labels
 
 
-def _check_digit(digit) -> int:
+def check_digit(digit) -> int:
+    """Check a digit class, as the functions that take ``digit`` do.
+
+    Args:
+      digit: a digit class, an int in ``0..9``.
+
+    Returns:
+      ``digit`` as a Python int.
+
+    Raises:
+      TypeError: if ``digit`` is not an int (``bool`` is refused).
+      ValueError: if it is outside ``0..9``.
+    """
     if isinstance(digit, bool) or not isinstance(digit, (int, np.integer)):
         raise TypeError(f"digit must be an int in 0..9 or None, got {digit!r}")
     if not 0 <= digit <= 9:
@@ -82,7 +94,7 @@ def split_indices(split: str = "train", digit: int | None = None) -> np.ndarray:
     if split != "all":
         keep = _held_out_mask() if split == "held_out" else ~_held_out_mask()
     if digit is not None:
-        keep = keep & (labels == _check_digit(digit))
+        keep = keep & (labels == check_digit(digit))
     return np.flatnonzero(keep)
 
 

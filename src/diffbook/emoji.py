@@ -64,7 +64,7 @@ files made from them must credit OpenMoji and carry the same licence.
 
 The word tokenizer is :mod:`diffbook.text`, the prompt-fidelity measure
 :func:`diffbook.metrics.prompt_fidelity`, the network
-:class:`diffbook.nets.TextToImage` and the chapter's recipes
+:class:`diffbook.nets.text_encoder.TextToImage` and the chapter's recipes
 :mod:`diffbook.text_to_image`.
 """
 

@@ -43,6 +43,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from . import samplers
@@ -257,6 +258,38 @@ def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
         return 1.0 + (scale - 1.0) * w
 
     return fn
+
+
+def classifier_loss(
+    schedule: NoiseSchedule, classifier, batch, key: jax.Array, *, noisy: bool = True
+) -> jax.Array:
+    """Cross-entropy of a classifier on noised training images.
+
+    Each image is noised to a random timestep ``t`` exactly as the diffusion loss
+    noises it, and the classifier, told ``u = t/T``, must name the digit.  With
+    ``noisy=False`` it sees the clean images at ``u = 0``: an ordinary classifier,
+    the one that fails as a guide.
+
+    Args:
+      schedule: the diffusion model's noise schedule.
+      classifier: ``classifier(x, u) -> (B, K)`` logits.
+      batch: ``(x0, labels)``: images (B, 8, 8, 1) and ints (B,).
+      key: PRNG key for the timesteps and the noise.
+      noisy: noise the images (the default) or not.
+
+    Returns:
+      The mean cross-entropy, a scalar.
+    """
+    x0, labels = batch
+    k_t, k_noise = jax.random.split(key)
+    if noisy:
+        t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
+        x = schedule.add_noise(x0, jax.random.normal(k_noise, x0.shape), t)
+        u = schedule.to_u(t)
+    else:
+        x, u = x0, jnp.zeros((x0.shape[0],))
+    logits = classifier(x, u)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def _check_labels(labels, classifier) -> jax.Array:

@@ -2,7 +2,7 @@
 
 Stage 1 (:mod:`diffbook.autoencoder`) maps each ``(R, R, 3)`` emoji to a small
 grid of latents; stage 2, this module's recipe, is chapter 5's text-conditioned
-network (:class:`diffbook.nets.TextToImage`, with its tokenizer, text encoder,
+network (:class:`diffbook.nets.text_encoder.TextToImage`, with its tokenizer, text encoder,
 cross-attention and classifier-free guidance) trained on those latents instead of
 pixels.  A sample is drawn in latent space with
 :class:`diffbook.guidance.GuidedSampler` and decoded to pixels.
@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from . import checks, text_to_image
-from .autoencoder import Autoencoder, psnr
+from .autoencoder import Autoencoder
 from .nets import TextToImage
 from .train import shard_batch
 
@@ -89,7 +89,7 @@ def make_model(cfg, vocab_size: int, latent_channels: int, *, seed: int = 0) -> 
       seed: seed of the initial parameters.
 
     Returns:
-      A :class:`~diffbook.nets.TextToImage` whose inputs and outputs have
+      A :class:`~diffbook.nets.text_encoder.TextToImage` whose inputs and outputs have
       ``latent_channels`` channels.
 
     Raises:
@@ -181,40 +181,3 @@ def decode(autoencoder: Autoencoder, latents, scale: float = 1.0, *, batch_size:
             f"got {z.shape}"
         )
     return _batched(_decode_batch, autoencoder, z / scale, batch_size)
-
-
-def pooled_psnr(images, references, resolution: int = 32) -> np.ndarray:
-    """PSNR of each image against its reference after both are average-pooled.
-
-    Pooling to a common ``resolution`` puts models of different resolutions on one
-    scale; at the images' own resolution it is the plain PSNR of
-    :func:`diffbook.autoencoder.psnr`.
-
-    Args:
-      images: ``(N, R, R, 3)`` in ``[-1, 1]``.
-      references: the same shape.
-      resolution: side to pool to; must divide ``R``.
-
-    Returns:
-      ``(N,)`` PSNRs in dB.
-
-    Raises:
-      TypeError, ValueError: bad shapes or values (named), or ``R`` not a multiple
-        of ``resolution``.
-    """
-    resolution = checks.positive_int(resolution, "resolution")
-    images, references = np.asarray(images), np.asarray(references)
-    side = images.shape[1] if images.ndim == 4 else 0
-    if side % resolution:
-        raise ValueError(
-            f"resolution must divide the images' side {side}, got resolution={resolution}"
-        )
-    f = side // resolution
-
-    def pool(x):
-        if x.ndim != 4 or f == 1:
-            return x
-        n, h, w, c = x.shape
-        return x.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
-
-    return psnr(pool(images), pool(references))

@@ -35,7 +35,9 @@ The figures:
 For the text-to-image chapter, :func:`prompt_fidelity` asks whether a sample
 drawn for an emoji's name looks like that emoji rather than the others: a
 nearest-neighbour rank among the training images in a blurred-pixel feature
-space (:func:`fidelity_features`).
+space (:func:`fidelity_features`).  For reconstructions and samples with a reference
+image of their own (an autoencoder's, chapter 7's prompted emoji), :func:`psnr` and
+:func:`pooled_psnr` measure the pixel error in dB.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from scipy import linalg
 
 from . import checks
 from .checks import positive_int
-from .data import DIGIT_SHAPE, _check_digit, check_images, load_digits
+from .data import DIGIT_SHAPE, check_digit, check_images, load_digits
 
 #: Dimension of the Fréchet distance's feature space (principal components).
 FEATURE_DIM = 20
@@ -256,7 +258,7 @@ def digit_quality(samples, digit: int | None, *, repeats: int = 20, seed: int = 
         ``repeats`` is not an int.
     """
     if digit is not None:
-        digit = _check_digit(digit)
+        digit = check_digit(digit)
     samples = check_images(samples, name="samples", shape=DIGIT_SHAPE)
     repeats = checks.positive_int(repeats, "repeats")
     train, train_labels = load_digits(digit, split="train")
@@ -543,3 +545,72 @@ def prompt_fidelity(samples, sample_labels, train_images, *, k: int = 5) -> dict
         "train_spacing": train_spacing,
         "distance_ratio": nn_distance / train_spacing if train_spacing > 0 else float("inf"),
     }
+
+
+# ------------------------------------------------------------ images against references
+
+
+def psnr(images, references) -> np.ndarray:
+    """Peak signal-to-noise ratio of each image against its reference, in dB.
+
+    ``10 log10(peak^2 / MSE)`` with ``peak = 2``, the range of ``[-1, 1]``; the MSE
+    is over the pixels and channels of one image.  Identical images give ``inf``.
+
+    Args:
+      images: ``(N, H, W, C)`` in ``[-1, 1]``, e.g. reconstructions (clip decoder
+        output first, see :meth:`diffbook.autoencoder.Autoencoder.reconstruct`).
+      references: the originals, the same shape, in ``[-1, 1]``.
+
+    Returns:
+      ``(N,)`` float64 PSNRs.
+
+    Raises:
+      TypeError: if either is not numeric.
+      ValueError: if either is not a non-empty 4-D batch of finite values in
+        ``[-1, 1]``, or their shapes differ.
+    """
+    images = check_images(images, name="images").astype(np.float64)
+    references = check_images(references, name="references").astype(np.float64)
+    if images.shape != references.shape:
+        raise ValueError(
+            f"references must have the shape of images, got {references.shape} and {images.shape}"
+        )
+    mse = np.mean((images - references) ** 2, axis=(1, 2, 3))
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(4.0 / mse)
+
+
+def pooled_psnr(images, references, resolution: int = 32) -> np.ndarray:
+    """PSNR of each image against its reference after both are average-pooled.
+
+    Pooling to a common ``resolution`` puts models of different resolutions on one
+    scale; at the images' own resolution it is the plain PSNR of :func:`psnr`.
+
+    Args:
+      images: ``(N, R, R, 3)`` in ``[-1, 1]``.
+      references: the same shape.
+      resolution: side to pool to; must divide ``R``.
+
+    Returns:
+      ``(N,)`` PSNRs in dB.
+
+    Raises:
+      TypeError, ValueError: bad shapes or values (named), or ``R`` not a multiple
+        of ``resolution``.
+    """
+    resolution = checks.positive_int(resolution, "resolution")
+    images, references = np.asarray(images), np.asarray(references)
+    side = images.shape[1] if images.ndim == 4 else 0
+    if side % resolution:
+        raise ValueError(
+            f"resolution must divide the images' side {side}, got resolution={resolution}"
+        )
+    f = side // resolution
+
+    def pool(x):
+        if x.ndim != 4 or f == 1:
+            return x
+        n, h, w, c = x.shape
+        return x.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
+
+    return psnr(pool(images), pool(references))

@@ -3,7 +3,8 @@
 :class:`Tokenizer` gives one id per lowercase word of the training prompts (here
 the emoji names of :func:`diffbook.emoji.load_emoji`), with an id for padding and
 one for unknown words.  Its ``encode`` returns the ``(tokens, mask)`` pair that
-:class:`diffbook.nets.TextEncoder` and :class:`diffbook.nets.TextToImage` read.
+:class:`diffbook.nets.text_encoder.TextEncoder` and
+:class:`diffbook.nets.text_encoder.TextToImage` read.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The pieces live where other chapters can use them: the emoji images and names in
 :mod:`diffbook.emoji`, the word tokenizer in :mod:`diffbook.text`, the network
-(:class:`~diffbook.nets.TextToImage`) in :mod:`diffbook.nets` and the prompt-fidelity
+(:class:`~diffbook.nets.text_encoder.TextToImage`) in :mod:`diffbook.nets` and the prompt-fidelity
 measure in :mod:`diffbook.metrics`.  This module holds the chapter's two
 :data:`RECIPE` configurations and builds its model (:func:`make_model`) and
 training set (:func:`make_data`) from one of them.
@@ -85,7 +85,7 @@ def make_model(
         level but the first).
 
     Returns:
-      A :class:`~diffbook.nets.TextToImage`.
+      A :class:`~diffbook.nets.text_encoder.TextToImage`.
     """
     return TextToImage(
         vocab_size,

@@ -18,7 +18,7 @@ from packaging.version import Version
 import diffbook
 from diffbook import colab_install as ci
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PINS = {
     "jax": "0.10.2",
     "jaxlib": "0.10.2",

@@ -1,4 +1,4 @@
-"""The latent diffusion chapter's autoencoder: folds, shapes, loss, training, scale, PSNR."""
+"""The latent diffusion chapter's autoencoder: folds, shapes, loss, training, scale."""
 
 import functools
 
@@ -10,7 +10,7 @@ from flax import nnx
 
 from conftest import assert_every_param_gets_a_gradient
 from diffbook import autoencoder as ae
-from diffbook import config, train
+from diffbook import config, metrics, train
 
 # A tiny model for fast tests: 8x8 images, folded by 2 into 4x4x2 latents.
 RES, FACTOR, LATENT = 8, 2, 2
@@ -130,7 +130,7 @@ def test_a_few_dozen_steps_lower_the_loss_and_raise_psnr():
     images = rectangles(16, seed=3)
     model = tiny(seed=3)
     reconstruct = nnx.jit(lambda m, x: m.reconstruct(x))
-    before = np.median(ae.psnr(reconstruct(model, images), images))
+    before = np.median(metrics.psnr(reconstruct(model, images), images))
     loss_fn = functools.partial(ae.autoencoder_loss, kl_weight=1e-4)
     _, optimizer = train.adamw_with_ema(model, peak_lr=1e-2, steps=60, warmup=5)
     history = train.fit(
@@ -144,7 +144,7 @@ def test_a_few_dozen_steps_lower_the_loss_and_raise_psnr():
         progress=False,
     )
     assert history.loss[-10:].mean() < 0.5 * history.loss[:5].mean()
-    after = np.median(ae.psnr(reconstruct(model, images), images))
+    after = np.median(metrics.psnr(reconstruct(model, images), images))
     assert after > before + 3.0, (before, after)
 
 
@@ -154,18 +154,6 @@ def test_latent_scale_factor_gives_unit_std():
     assert isinstance(scale, float)
     assert scale == pytest.approx(1.0 / 3.0, rel=0.05)
     assert float(np.std(latents * scale)) == pytest.approx(1.0, rel=1e-6)
-
-
-def test_psnr_of_identical_images_and_of_known_noise():
-    refs = np.asarray(rectangles(2)) * 0.5  # inside [-0.5, 0.5], room for the noise
-    assert np.all(np.isinf(ae.psnr(refs, refs)))
-    # Noise of +-0.1 in the first image and +-0.2 in the second: MSE 0.01 and 0.04,
-    # PSNR 10 log10(4 / MSE) = 26.02 and 20 dB.
-    signs = np.where(np.arange(RES * RES * 3).reshape(RES, RES, 3) % 2, 1.0, -1.0)
-    noisy = refs + np.stack([0.1 * signs, 0.2 * signs]).astype(np.float32)
-    got = ae.psnr(noisy, refs)
-    assert got.shape == (2,)
-    np.testing.assert_allclose(got, [10 * np.log10(400.0), 20.0], rtol=1e-5)
 
 
 def test_bad_arguments_are_named():
@@ -233,10 +221,3 @@ def test_bad_arguments_are_named():
         ae.latent_scale_factor(np.ones((3, 4)))
     with pytest.raises(TypeError, match="^latents"):
         ae.latent_scale_factor(np.array(["a", "b"]))
-    # PSNR.
-    with pytest.raises(ValueError, match="^references must have the shape of images"):
-        ae.psnr(x, x[:2])
-    with pytest.raises(ValueError, match="^images must lie in"):
-        ae.psnr(2 * x, x)
-    with pytest.raises(ValueError, match="^references must have shape"):
-        ae.psnr(x, x[0])

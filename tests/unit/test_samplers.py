@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import prompt_oracle, tiny_prompts
 from diffbook import samplers
 from diffbook.samplers import ode_solve
 from diffbook.schedules import NoiseSchedule
@@ -265,3 +266,25 @@ def test_predict_x0_of_the_exact_network_of_one_point_is_that_point(prediction, 
         1.0,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("prediction", ["v", "epsilon"])
+def test_predict_x0_of_an_exact_network_is_the_image(prediction):
+    schedule, oracle, x0_cond, x0_uncond = prompt_oracle(prediction)
+    tokens, mask = tiny_prompts()
+    noise = jax.random.normal(jax.random.key(7), x0_cond.shape)
+
+    def estimate(mask, t):
+        return samplers.predict_x0(
+            schedule,
+            lambda x, u: oracle(x, u, tokens, mask),
+            x0_cond,
+            t,
+            noise,
+            prediction=prediction,
+            clip_x0=True,
+        )
+
+    for t in (10, 500, 900):
+        np.testing.assert_allclose(estimate(mask, t), x0_cond, atol=1e-3)
+    np.testing.assert_allclose(estimate(jnp.zeros_like(mask), 500), x0_uncond, atol=1e-3)

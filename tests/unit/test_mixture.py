@@ -264,3 +264,24 @@ def test_oracle_net_rejects_bad_arguments():
         mixture.oracle_net(sched, mix=None)
     with pytest.raises(ValueError, match="z"):
         mixture.oracle_net(sched)(jnp.zeros((4,)), jnp.zeros((4,)))
+
+
+class Stop(Exception):
+    pass
+
+
+def test_mixture_recipe_and_bench_use_the_ema_warmup(monkeypatch):
+    from diffbook import bench, train
+
+    for name in ("cpu", "accelerator"):
+        assert mixture.RECIPE[name]["ema_warmup"] is True
+    seen = {}
+
+    def spy(*args, **kwargs):  # record what the bench asks for, then stop: no training
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train, "fit", spy)
+    with pytest.raises(Stop):
+        bench.main(["mixture", "--config", "cpu", "--train-steps", "4", "--num-samples", "64"])
+    assert seen["ema_warmup"] is True and seen["ema_decay"] == 0.999

@@ -14,7 +14,7 @@ import yaml
 
 import diffbook
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = sorted(p for p in (ROOT / "notebooks").glob("*.md") if p.name != "README.md")
 REPO = re.search(r"url:\s*https://github.com/(\S+)", (ROOT / "_config.yml").read_text()).group(1)
 

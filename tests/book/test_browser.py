@@ -1,7 +1,7 @@
 """The built book, read in a real browser (headless Chromium) with no network.
 
 Every page of _toc.yml is opened from the HTML that tests/conftest.py builds (the same
-build as tests/test_book.py), after its scripts have run and MathJax has typeset it, and
+build as tests/book/test_book.py), after its scripts have run and MathJax has typeset it, and
 is checked for: error output cells, figures that do not load, math left untypeset (or a
 TeX error), markdown tables that did not become tables, broken internal links, citations
 and cross-references that did not resolve, resources that failed to load and script
@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # $CHROMIUM names the browser; else the first of these on PATH (Debian's package is
 # "chromium", Ubuntu's and Google's builds go by the other names).
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -359,7 +359,7 @@ def test_every_page_renders_offline_in_chromium(request, tmp_path):
             pytest.fail(message + " — CI must run the browser test")
         pytest.skip(message)
     # Asked for only now, so that a skip does not wait for a build first; the build is
-    # tests/conftest.py's, shared with tests/test_book.py.
+    # tests/conftest.py's, shared with tests/book/test_book.py.
     built_book = request.getfixturevalue("built_book")
     html = built_book.html
     assert (html / "index.html").is_file(), f"the book did not build:\n{built_book.log}"

@@ -1,4 +1,4 @@
-"""Latent diffusion: the bridges between pixels and scaled latents, pooled PSNR, the model."""
+"""Latent diffusion: the bridges between pixels and scaled latents, the model."""
 
 import jax
 import jax.numpy as jnp
@@ -58,23 +58,6 @@ def test_bad_input_names_the_argument():
         ld.decode(model, np.zeros((2, 4, 4, LATENT), np.float32), 0.0)
     with pytest.raises(ValueError, match="batch_size"):
         ld.encode(model, images(2), batch_size=0)
-
-
-def test_pooled_psnr():
-    x = images(3, seed=2)
-    # At the images' own resolution it is the plain PSNR.
-    np.testing.assert_allclose(ld.pooled_psnr(x, x * 0.5, resolution=RES), ae.psnr(x, x * 0.5))
-    # Pooled to 4x4: a +-0.1 checkerboard, which averages out over 2x2 blocks, vanishes;
-    # a constant shift of 0.1 does not (PSNR 10 log10(4 / 0.01) = 26.02 dB).
-    checker = 0.1 * (-1.0) ** np.add.outer(np.arange(RES), np.arange(RES))[None, :, :, None]
-    y = (x * 0.8 + checker).astype(np.float32)
-    shifted = np.full((1, RES, RES, 3), 0.1, np.float32)
-    zeros = np.zeros_like(shifted)
-    np.testing.assert_allclose(ld.pooled_psnr(shifted, zeros, 4), 26.0206, atol=1e-3)
-    np.testing.assert_allclose(ae.psnr(y, x * 0.8), 26.0206, atol=1e-3)
-    assert (ld.pooled_psnr(y, x * 0.8, 4) > 60).all()
-    with pytest.raises(ValueError, match="resolution"):
-        ld.pooled_psnr(x, x, 3)
 
 
 def test_model_maps_latents_to_latents_with_cross_attention_at_every_level():
