@@ -200,6 +200,14 @@ def _check_interval(interval) -> tuple[float, float]:
     return low, high
 
 
+def _check_schedule_scale(kind: str, scale: float) -> None:
+    # A traced scale cannot be compared here, so a caller that traces it (GuidedSampler)
+    # checks the number before tracing.
+    if kind in ("linear", "cosine") and scale < 1.0:
+        # 1 + (scale - 1) w(u) would drop below 0 where w > 1: guidance away from the class.
+        raise ValueError(f"scale must be >= 1 for the {kind} schedule, got {scale}")
+
+
 def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
     """A guidance scale that changes along the sampling path, as a function of ``u``.
 
@@ -241,9 +249,8 @@ def guidance_schedule(kind: str, scale, *, interval=None) -> Callable:
     if (kind == "interval") != (interval is not None):
         raise ValueError('interval is needed by kind="interval" and only by it')
     low, high = _check_interval(interval) if interval is not None else (0.0, 1.0)
-    if kind in ("linear", "cosine") and not isinstance(scale, jax.core.Tracer) and scale < 1.0:
-        # 1 + (scale - 1) w(u) would drop below 0 where w > 1: guidance away from the class.
-        raise ValueError(f"scale must be >= 1 for the {kind} schedule, got {scale}")
+    if not isinstance(scale, jax.core.Tracer):
+        _check_schedule_scale(kind, scale)
 
     def fn(u):
         u = jnp.asarray(u, jnp.float32)
@@ -464,6 +471,7 @@ class GuidedSampler:
         if sampler == "ddim" and options.get("steps") is not None:
             samplers.ddim_timesteps(schedule.num_timesteps, options["steps"])  # checks steps
         self.schedule, self.sampler = schedule, sampler
+        self.guidance_schedule = guidance_schedule
         self._deterministic = _is_deterministic(sampler, options)
 
         def run(model, cond, x_T, key, scale):
@@ -488,10 +496,12 @@ class GuidedSampler:
           ``(x, nfe)`` as :func:`guided_sample` returns them.
 
         Raises:
-          TypeError, ValueError: for a bad ``scale`` or ``cond``, ``cond`` whose
-            batch differs from ``x_T``'s, or a stochastic sampler without ``key``.
+          TypeError, ValueError: for a bad ``scale`` (below 1 for the "linear" and
+            "cosine" schedules) or ``cond``, ``cond`` whose batch differs from
+            ``x_T``'s, or a stochastic sampler without ``key``.
         """
         scale = finite_number(scale, "scale", minimum=0.0)
+        _check_schedule_scale(self.guidance_schedule, scale)  # inside jit it would be traced
         cond = _check_condition(model, cond)
         if any(c.shape[0] != x_T.shape[0] for c in cond):
             raise ValueError(

@@ -421,6 +421,21 @@ def test_guidance_schedule_rejects_bad_arguments():
         guidance.GuidedSampler(SCHEDULE, steps=5, guidance_schedule="exponential")
 
 
+def test_guided_sampler_checks_a_schedules_scale_before_tracing_it():
+    # Under jit the scale is traced, so guidance_schedule cannot compare it with 1: the
+    # sampler must refuse s < 1 itself, or s = 0 would run as s(u) = 2u - 1.
+    model = tiny_class_unet()
+    x_T = jax.random.normal(jax.random.key(3), (2, 8, 8, 1))
+    labels = jnp.array([1, 7])
+    for kind in ("linear", "cosine"):
+        sampler = guidance.GuidedSampler(SCHEDULE, steps=3, guidance_schedule=kind)
+        with pytest.raises(ValueError, match=f"scale must be >= 1 for the {kind} schedule"):
+            sampler(model, (labels,), x_T, scale=0.0)
+    # A constant scale below 1 is allowed (s = 0 is the unconditional model).
+    x, _ = guidance.GuidedSampler(SCHEDULE, steps=3)(model, (labels,), x_T, scale=0.0)
+    assert x.shape == x_T.shape
+
+
 def test_guided_sampler_checks_labels_and_follows_a_schedule():
     model = tiny_class_unet()
     x_T = jax.random.normal(jax.random.key(3), (4, 8, 8, 1))
