@@ -47,26 +47,28 @@ def pytest_unconfigure(config):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Chapters first, the later (heavier) ones first, then the unit tests.
+    """The chapters first, the later (heavier) ones first, then their smoke runs, then
+    the unit tests.
 
-    With ``-n 2 --dist loadscope`` each chapter is one unit of work that a
-    worker runs from its first cell to its last; starting the longest ones
-    first lets the short unit tests fill the gaps instead of leaving one worker
-    idle while the other finishes a long chapter.
+    With ``-n 2 --dist loadscope`` each chapter is one unit of work that a worker runs
+    from its first cell to its last, and so is each chapter's smoke run (a class of
+    ``tests/book/test_smoke.py``); starting the longest units first lets the short unit
+    tests fill the gaps instead of leaving one worker idle while the other finishes a
+    long chapter.
     """
 
     def key(item):
         if item.path.suffix == ".ipynb":
-            return (0, -_chapter_number(item))
-        if item.path.name == "test_smoke.py":  # every chapter again: as heavy as chapter 5
-            return (0, -4.5)
-        return (1, 0)
+            return (0, -_chapter_number(item.path.name))
+        if item.path.name == "test_smoke.py":
+            return (1, -_chapter_number(item.cls.chapter))
+        return (2, 0)
 
     items.sort(key=key)  # stable: the cells of a chapter keep their order
 
 
-def _chapter_number(item) -> int:
-    digits = "".join(ch for ch in item.path.name.split("_")[0] if ch.isdigit())
+def _chapter_number(name: str) -> int:
+    digits = "".join(ch for ch in name.split("_")[0] if ch.isdigit())
     return int(digits or 0)
 
 

@@ -15,14 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9]*.md"))
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS)
-def test_chapter_runs_on_its_accelerator_recipe(chapter, tmp_path):
+def _run_smoke(chapter: str, tmp_path: Path) -> None:
     run = subprocess.run(
         [
             sys.executable,
@@ -46,3 +43,25 @@ def test_chapter_runs_on_its_accelerator_recipe(chapter, tmp_path):
     text = executed.read_text()
     assert "configuration 'accelerator' on 8 cpu devices" in text
     assert "SMOKE RUN" in text
+
+
+def _smoke_class(chapter: str) -> type:
+    def test_runs_on_its_accelerator_recipe(self, tmp_path):
+        _run_smoke(chapter, tmp_path)
+
+    return type(
+        f"TestChapter{chapter[:2]}",
+        (),
+        {
+            "chapter": chapter,
+            "test_runs_on_its_accelerator_recipe": test_runs_on_its_accelerator_recipe,
+        },
+    )
+
+
+# One class per chapter, not one parametrized function: pytest-xdist's ``--dist
+# loadscope`` hands out a module's functions as one unit but each class as its own, so
+# the two workers share the smoke runs instead of one worker running all of them.
+for _chapter in CHAPTERS:
+    _cls = _smoke_class(_chapter)
+    globals()[_cls.__name__] = _cls
