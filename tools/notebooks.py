@@ -119,12 +119,19 @@ def repository_branch(root: Path = ROOT) -> str:
     return branch
 
 
+# The badge's image: the book's own (book/images/colab-badge.svg), by a path relative to
+# notebooks/, so that it shows offline in the built book (Sphinx copies it) and on GitHub's
+# view of the notebook; the link stays Colab's.
+BADGE_IMAGE = "../book/images/colab-badge.svg"
+
+
 def colab_badge(stem: str, root: Path = ROOT) -> str:
     """The "Open in Colab" badge line of chapter ``stem``, for the repository and branch of
-    ``_config.yml`` (the same notebook that the page's launch button opens)."""
+    ``_config.yml`` (the same notebook that the page's launch button opens); its image is
+    :data:`BADGE_IMAGE`."""
     slug = repository_url(root).removeprefix("https://github.com/")
     return (
-        "[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"[![Open in Colab]({BADGE_IMAGE})]"
         f"(https://colab.research.google.com/github/{slug}/blob/{repository_branch(root)}"
         f"/notebooks/{stem}.ipynb)"
     )

@@ -5,7 +5,11 @@ build as tests/book/test_book.py), after its scripts have run and MathJax has ty
 is checked for: error output cells, figures that do not load, math left untypeset (or a
 TeX error), markdown tables that did not become tables, broken internal links, citations
 and cross-references that did not resolve, resources that failed to load and script
-errors. Chromium's network goes to a dead proxy, so anything the pages fetch from the
+errors. Each page is then laid out at a 1,280-pixel window, where no code block and no
+printed output may scroll sideways (the first line that does not fit is reported), and at a
+390-pixel phone window, where the page may not scroll sideways, no paragraph or list item
+may be wider than its box, and a table wider than the column must sit in a container that
+scrolls (code may scroll there). Chromium's network goes to a dead proxy, so anything the pages fetch from the
 internet fails the test: the book must render offline.
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``)
@@ -34,11 +38,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 PAGE_TIMEOUT = 60  # seconds for one page to load and be checked (a few seconds are typical)
 
-# What the pages may still fetch from the internet, and why that is harmless offline.
-REMOTE_ALLOWED = {
-    "https://colab.research.google.com/assets/colab-badge.svg": "the chapters' Open in Colab badge: the link it sits in needs the internet anyway, "
-    "and offline the badge shows its alt text, 'Open In Colab'",
-}
+# What the pages may still fetch from the internet, and why that is harmless offline
+# (nothing now: the chapters' Open in Colab badge is the book's own book/images/colab-badge.svg).
+REMOTE_ALLOWED: dict[str, str] = {}
 # Script errors the pages have that do not affect the reader.
 SCRIPT_ERRORS_ALLOWED = {
     "Identifier 'THEBE_JS_URL' has already been declared": "sphinx-thebe's configuration script is written twice into every page (online too); "
@@ -311,6 +313,77 @@ PAGE_CHECK = r"""
 """
 
 
+WIDE, PHONE = 1280, 390  # the window widths (CSS pixels) of the layout checks
+SLACK = 2  # pixels a box may overflow by (rounding)
+
+# Runs in a laid-out page; LAYOUT_CHECK(mode, slack) returns a list of problems. "code": every
+# <pre> (code input and printed output, folded cells opened) must fit its box; "prose": the
+# page must not scroll sideways, text blocks must fit theirs, and wide tables must scroll.
+LAYOUT_CHECK = r"""
+((mode, slack) => {
+  const main = document.querySelector('main') || document.body;
+  const snippet = s => s.replace(/\s+/g, ' ').trim().slice(0, 120);
+  const problems = [];
+  if (mode === 'code') {
+    main.querySelectorAll('details').forEach(d => { d.open = true; });
+    let checked = 0;
+    for (const pre of main.querySelectorAll('pre')) {
+      if (!pre.clientWidth) continue;  // not displayed
+      checked++;
+      if (pre.scrollWidth <= pre.clientWidth + slack) continue;
+      const style = getComputedStyle(pre);
+      const room = pre.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      const lines = pre.textContent.split('\n');
+      const probe = document.createElement('span');
+      probe.style.cssText = 'position:absolute;visibility:hidden;white-space:pre';
+      pre.appendChild(probe);
+      const first = lines.find(line => {
+        probe.textContent = line;
+        return probe.getBoundingClientRect().width > room + slack;
+      });
+      probe.remove();
+      const kind = pre.closest('.cell_output, .output') ? 'output' : 'code';
+      problems.push(`${kind} wider than the column (${pre.scrollWidth} > ${pre.clientWidth} px): ` +
+                    snippet(first === undefined ? pre.textContent : first));
+    }
+    return {problems, checked};
+  }
+  const width = document.documentElement.clientWidth;
+  const page = document.scrollingElement.scrollWidth;
+  if (page > width + slack) problems.push(`the page scrolls sideways (${page} > ${width} px)`);
+  let checked = 0;
+  const article = document.querySelector('.bd-article') || main;  // not the sidebars
+  for (const el of article.querySelectorAll('p, li, dt, dd, h1, h2, h3, h4, blockquote, table')) {
+    if (el.closest('pre, .highlight, .cell_output, mjx-container') || !el.clientWidth) continue;
+    if (el.tagName !== 'TABLE' && el.closest('table')) continue;  // the table is checked
+    checked++;
+    const box = el.getBoundingClientRect();
+    if (el.tagName === 'TABLE') {
+      let scroller = el.parentElement;
+      while (scroller && scroller !== main && !['auto', 'scroll'].includes(getComputedStyle(scroller).overflowX))
+        scroller = scroller.parentElement;
+      const room = scroller && scroller !== main ? scroller.getBoundingClientRect().right : width;
+      if (box.right > width + slack && room > width + slack || box.right > room + slack && !(scroller && scroller !== main))
+        problems.push(`table cut off (${Math.round(box.right)} > ${width} px): ` + snippet(el.textContent));
+    } else if (el.scrollWidth > el.clientWidth + slack || box.right > width + slack || box.left < -slack) {
+      problems.push(`${el.tagName.toLowerCase()} cut off (${el.scrollWidth} > ${el.clientWidth} px): ` + snippet(el.textContent));
+    }
+  }
+  return {problems, checked};
+})
+"""
+
+
+def layout_problems(browser: "Chromium", session: str, width: int, mode: str) -> dict:
+    """Lay the loaded page out at a window ``width`` pixels wide and run LAYOUT_CHECK."""
+    browser.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": width < 600},
+        session,
+    )
+    return browser.evaluate(session, f"({LAYOUT_CHECK})({json.dumps(mode)}, {SLACK})")
+
+
 class _Anchors(HTMLParser):
     """Collects the id and name attributes of an HTML file (the targets of #fragments)."""
 
@@ -366,6 +439,7 @@ def test_every_page_renders_offline_in_chromium(request, tmp_path):
 
     failures, screenshots, anchors = {}, [], {}
     typeset = figures = 0  # over the whole book: the checks must have had work to do
+    blocks = {"code": 0, "prose": 0}  # code blocks and text blocks whose layout was checked
     browser = Chromium(exe, tmp_path)
     try:
         session = browser.new_tab()
@@ -377,6 +451,11 @@ def test_every_page_renders_offline_in_chromium(request, tmp_path):
             browser.goto(session, file.as_uri())
             seen = browser.evaluate(session, PAGE_CHECK)
             problems = seen["problems"] + broken_links(seen["links"], html, anchors)
+            for width, mode in ((WIDE, "code"), (PHONE, "prose")):
+                laid_out = layout_problems(browser, session, width, mode)
+                problems += [f"at {width} px, {p}" for p in laid_out["problems"]]
+                blocks[mode] += laid_out["checked"]
+            browser.send("Emulation.clearDeviceMetricsOverride", session=session)
             typeset += seen["typeset"]
             figures += seen["figures"]
             # Resources (scripts, styles, fonts, images) that failed to load, the internet
@@ -417,6 +496,56 @@ def test_every_page_renders_offline_in_chromium(request, tmp_path):
         "screenshots:\n  " + "\n  ".join(screenshots)
     )
     # The book has formulas and figures; none typeset or shown means the checks saw nothing.
-    assert typeset and figures, (
-        f"{typeset} formulas typeset and {figures} figures shown in the book"
+    assert typeset and figures and blocks["code"] and blocks["prose"], (
+        f"{typeset} formulas typeset, {figures} figures shown, {blocks['code']} code blocks "
+        f"and {blocks['prose']} text blocks laid out in the book"
     )
+
+
+# A page made to fail every layout check: a code line, an output line, a paragraph word and
+# a table too wide for the window, each next to one that fits.
+OVERFLOWING_PAGE = """<!DOCTYPE html><html><head><meta name="viewport" content="width=device-width">
+<style>body { margin: 0; font: 16px sans-serif; } main { width: 600px; max-width: 100%; }
+pre { overflow-x: auto; } .scroll { overflow-x: auto; }</style></head><body><main>
+<div class="cell_input"><pre>short = 1\n@CODE@</pre></div>
+<div class="cell_output"><pre>fits\n@OUTPUT@</pre></div>
+<p>A paragraph that wraps. @WORD@</p>
+<table><tr>@CELLS@</tr></table>
+<div class="scroll"><table><tr>@CELLS@</tr></table></div>
+</main></body></html>"""
+OVERFLOWING_PAGE = OVERFLOWING_PAGE.replace("@CODE@", "long_line = " + " + ".join(["1"] * 60))
+OVERFLOWING_PAGE = OVERFLOWING_PAGE.replace(
+    "@OUTPUT@", "reconstruction PSNR: " + ", ".join(["21.12 dB"] * 20)
+)
+OVERFLOWING_PAGE = OVERFLOWING_PAGE.replace("@WORD@", "x" * 80)
+OVERFLOWING_PAGE = OVERFLOWING_PAGE.replace(
+    "@CELLS@",
+    "<td>column</td>" * 20,
+)
+
+
+def test_the_layout_check_finds_what_does_not_fit(tmp_path):
+    exe = find_chromium()
+    if exe is None:
+        pytest.skip("no Chromium on PATH")
+    page = tmp_path / "overflowing.html"
+    page.write_text(OVERFLOWING_PAGE)
+    browser = Chromium(exe, tmp_path)
+    try:
+        session = browser.new_tab()
+        browser.goto(session, page.as_uri())
+        wide = layout_problems(browser, session, 500, "code")
+        narrow = layout_problems(browser, session, 390, "prose")
+    finally:
+        browser.close()
+    assert wide["checked"] == 2, wide
+    assert [p.split(":")[0].split(" (")[0] for p in wide["problems"]] == [
+        "code wider than the column",
+        "output wider than the column",
+    ], wide
+    assert "long_line = 1 + 1 + 1" in wide["problems"][0]
+    assert "reconstruction PSNR: 21.12 dB" in wide["problems"][1]
+    kinds = [p.split(" (")[0] for p in narrow["problems"]]
+    # The paragraph's long word and the bare table make the page scroll sideways; the table
+    # inside a scrolling container is fine.
+    assert kinds == ["the page scrolls sideways", "p cut off", "table cut off"], narrow
