@@ -158,13 +158,17 @@ def test_elbo_of_the_exact_factorised_model_is_the_exact_nll():
     count = np.asarray(masked.elbo_nats(model, tokens, jax.random.key(2), 256))
     time = np.asarray(masked.elbo_nats(model, tokens, jax.random.key(3), 1024, estimator="time"))
     assert count.shape == time.shape == (32,)
-    # Monte-Carlo error of the batch mean: about 0.06 nats (count), 0.13 (time).
-    assert abs(np.mean(count - nll)) < 0.2
-    assert np.max(np.abs(count - nll)) < 1.2
+    # Monte-Carlo error of the batch mean: about 0.06 nats (count), 0.13 (time); of
+    # one image's count estimate about 0.34.  The tolerances are about 4 of those.
+    assert abs(np.mean(count - nll)) < 0.25
+    assert np.max(np.abs(count - nll)) < 1.4
     assert abs(np.mean(time - nll)) < 0.6
-    # The training loss estimates the same bound.
-    loss = masked.masked_diffusion_loss(model, np.repeat(tokens, 64, axis=0), jax.random.key(4))
-    assert abs(float(loss) - np.mean(nll)) < 0.6
+    # The training loss estimates the same bound, one time per row.  Its 1/t weight
+    # gives it a heavy tail (a rare token masked at a small t): one batch of 8192
+    # rows still spreads by about 0.4 nats, so average eight.
+    rows = np.repeat(tokens, 256, axis=0)
+    loss = np.mean([masked.masked_diffusion_loss(model, rows, jax.random.key(k)) for k in range(8)])
+    assert abs(float(loss) - np.mean(nll)) < 0.5
 
 
 def test_the_count_estimator_has_the_smaller_spread():
