@@ -295,3 +295,17 @@ def prompt_oracle(prediction: str, steps: int = 1000):
     x0_cond = jax.random.uniform(jax.random.key(1), (3, 16, 16, 3), minval=-0.9, maxval=0.9)
     x0_uncond = jax.random.uniform(jax.random.key(2), (3, 16, 16, 3), minval=-0.9, maxval=0.9)
     return schedule, Oracle(schedule, x0_cond, x0_uncond, prediction), x0_cond, x0_uncond
+
+
+def rectangles(n: int, seed: int = 0, size: int = 8):
+    """``n`` RGB images of ``size`` x ``size`` pixels in [-1, 1]: one rectangle of a
+    random colour each, on white (+1); a float32 array (n, size, size, 3)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = np.ones((n, size, size, 3), np.float32)
+    for image in images:
+        top, left = rng.integers(0, size // 2, size=2)
+        height, width = rng.integers(2, size // 2 + 1, size=2)
+        image[top : top + height, left : left + width] = rng.uniform(-1, 1, size=3)
+    return images

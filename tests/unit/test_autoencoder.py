@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import assert_every_param_gets_a_gradient
+from conftest import assert_every_param_gets_a_gradient, rectangles
 from diffbook import autoencoder as ae
 from diffbook import config, metrics, train
 
@@ -24,17 +24,6 @@ def key(seed: int) -> jax.Array:
 
 def tiny(seed: int = 0) -> ae.Autoencoder:
     return ae.Autoencoder(RES, FACTOR, LATENT, channels=8, num_blocks=1, rngs=nnx.Rngs(key(seed)))
-
-
-def rectangles(n: int, seed: int = 0) -> np.ndarray:
-    """``n`` 8x8 RGB images: one coloured rectangle each, on white (+1)."""
-    rng = np.random.default_rng(seed)
-    images = np.ones((n, RES, RES, 3), np.float32)
-    for image in images:
-        top, left = rng.integers(0, 4, size=2)
-        height, width = rng.integers(2, 5, size=2)
-        image[top : top + height, left : left + width] = rng.uniform(-1, 1, size=3)
-    return images
 
 
 @functools.cache

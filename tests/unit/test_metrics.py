@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from conftest import rectangles
 from diffbook import data, metrics
 
 
@@ -245,24 +246,13 @@ def test_class_conditional_quality_of_real_held_out_digits():
 RES = 8
 
 
-def _rectangles(n: int, seed: int = 0) -> np.ndarray:
-    """``n`` 8x8 RGB images: one coloured rectangle each, on white (+1)."""
-    rng = np.random.default_rng(seed)
-    images = np.ones((n, RES, RES, 3), np.float32)
-    for image in images:
-        top, left = rng.integers(0, 4, size=2)
-        height, width = rng.integers(2, 5, size=2)
-        image[top : top + height, left : left + width] = rng.uniform(-1, 1, size=3)
-    return images
-
-
 def _uniform_images(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.uniform(-1, 1, (n, RES, RES, 3)).astype(np.float32)
 
 
 def test_psnr_of_identical_images_and_of_known_noise():
-    refs = np.asarray(_rectangles(2)) * 0.5  # inside [-0.5, 0.5], room for the noise
+    refs = np.asarray(rectangles(2)) * 0.5  # inside [-0.5, 0.5], room for the noise
     assert np.all(np.isinf(metrics.psnr(refs, refs)))
     # Noise of +-0.1 in the first image and +-0.2 in the second: MSE 0.01 and 0.04,
     # PSNR 10 log10(4 / MSE) = 26.02 and 20 dB.
@@ -274,7 +264,7 @@ def test_psnr_of_identical_images_and_of_known_noise():
 
 
 def test_psnr_bad_arguments_are_named():
-    x = _rectangles(4)
+    x = rectangles(4)
     with pytest.raises(ValueError, match="^references must have the shape of images"):
         metrics.psnr(x, x[:2])
     with pytest.raises(ValueError, match="^images must lie in"):
