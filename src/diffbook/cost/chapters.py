@@ -1,330 +1,30 @@
-"""What a chapter's recipe costs to run: FLOPs from XLA's cost analysis, minutes on Colab.
+"""Each chapter's computation as cost stages: what its cells train and sample.
 
-:func:`estimate` lowers (``jax.jit(f).lower(...)``: no compiling, no training)
-every training step and every network call that a chapter makes, at the batch the
-chapter makes it on, reads the FLOPs from XLA's cost analysis of each, multiplies
-them by the recipe's counts and divides the total by the sustained rate assumed for
-each machine of :data:`DEVICES`.  The networks are built with ``nnx.eval_shape``:
-shapes only, no weights.  ``python -m diffbook.bench CHAPTER --config accelerator
---cost`` prints the result as one line of JSON.
-
-What is counted, for each chapter (the stages of :func:`chapter_stages`):
-
-* every training run the chapter's cells make, the whole optimiser step (forward,
-  backward, AdamW or Adam, the moving average) at the recipe's batch, times its
-  steps: chapter 1 trains two VAEs, chapter 4 the recipe's network and six shorter
-  runs for its ablation (10,000 steps more), chapter 6 a U-Net, a noise-aware and a
-  clean classifier and a DiT, chapter 7 the autoencoder and the latent network;
-* the sampling that the chapter's cells do with the trained networks: for each
-  sampler, its network calls times the cost of one call at the batch it is made on.
-  A classifier-free guided call is one call on twice the batch (the prompts and
-  the empty prompt), a classifier-guided call includes the classifier's gradient.
-  The counts follow the chapters' cells: chapter 5 samples every prompt at six
-  guidance scales, chapter 7 at three and decodes every sample, chapter 2 runs the
-  1,000-step ancestral sampler ten times on 64 digits.  Where a sampler chooses its
-  own steps (the adaptive ODE solvers of chapters 3 and 4) the count is an
-  assumption, stated where it is made; a few small batches (a grid of ten images)
-  are counted as one more full batch.
-
-Not counted: compiling, the measures of quality (NumPy and scikit-learn on the
-host), probes of a handful of images, and the fixed overhead of launching each
-training step and sampler step, a millisecond or two, which adds about a minute at
-most (chapter 4 makes the most steps, about 37,000, chapter 2 about 20,000).
-Chapter 7's pixel-space comparison is timed by ``python -m diffbook.bench emoji``,
-not in the chapter, so it is not counted either.
-
-The estimate of memory (:meth:`Stage.memory_bytes`) is what a training step holds
-on one device: the activations that the backward pass reads (the residuals of the
-loss's ``jax.vjp``, which the lowered step returns for their shapes), divided among
-the devices that share the batch, plus the parameters, one set of gradients,
-AdamW's two moments and the moving average, which every device holds.  XLA may fuse
-some residuals away or keep temporaries besides, and the data (under 0.1 GB) is left
-out, hence :data:`MEMORY_SHARE`.  The cost analysis's "bytes accessed" is no measure
-of memory: it counts every read and write of every operation before fusion, about
-100 GB for one step of chapter 5's former accelerator recipe, whose residuals are
-6.4 GB.
-
-These are estimates until the recipes are timed on the machines themselves.
+:func:`chapter_stages` builds, for one chapter, a
+:class:`~diffbook.cost.stages.Stage` for every training run its cells make and for
+the sampling they do, at the recipe's batches and counts (the list of what is
+counted and what is not is in :mod:`diffbook.cost`); :func:`estimate` sums them up
+with :func:`~diffbook.cost.machines.summarise`.  A new chapter's cost is one more
+``_<chapter>_stages`` function and one more line in ``_STAGES``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
-from . import checks, config
-
-
-@dataclass(frozen=True)
-class Device:
-    """A machine that Colab lends, as this module's estimates see it.
-
-    Attributes:
-      name: what Colab calls it.
-      rate: the sustained rate assumed for the chapters' networks, FLOP/s, over all
-        its devices together.
-      devices: the JAX devices it has; the batch is split among them.
-      memory: bytes of accelerator memory per device.
-    """
-
-    name: str
-    rate: float
-    devices: int
-    memory: float
-
-
-#: The machines that Colab offers, with the sustained rates the estimates assume.
-#:
-#: * ``t4``: NVIDIA T4, 8.1 TFLOP/s fp32 peak at its 1.59 GHz boost clock.  JAX
-#:   computes these float32 networks in fp32: Turing's tensor cores do fp16 and int8
-#:   only (no TF32), so the 65 TFLOP/s fp16 figure does not apply.  We assume 2.0
-#:   TFLOP/s, a quarter of the peak: the 70 W card does not hold its boost clock
-#:   under sustained load; the convolutions have 32 to 256 channels on 8×8 to 64×64
-#:   maps, shapes on which cuDNN reaches well under its peak; and the group norms,
-#:   activations, softmaxes and optimiser updates are bound by the 320 GB/s memory
-#:   and add their time to the convolutions'.  A third of the peak would be a fair
-#:   guess too; a quarter keeps the budget safe.  16 GB of memory (about 15 GB usable).
-#: * ``tpu_v2_8``: a TPU v2-8, four chips of two cores, 22.5 TFLOP/s bf16 peak and
-#:   8 GB of memory per core, 180 TFLOP/s in all.  JAX's default precision runs the
-#:   float32 matmuls and convolutions as one bfloat16 pass, so the bf16 peak is the
-#:   one that applies.  We assume 15 TFLOP/s (a twelfth of the peak): the batch is
-#:   split eight ways (8 to 64 examples per core), layers of 32 to 128 channels
-#:   fill a fraction of each core's 128×128 matrix unit, and the gradients are summed
-#:   across the cores at every step.
-#: * ``tpu_v5e_1``: one TPU v5e chip, 197 TFLOP/s bf16 peak, 16 GB.  We assume 25
-#:   TFLOP/s (an eighth): the whole batch on one chip, the same narrow layers.
-#: * ``tpu_v6e_1``: one TPU v6e (Trillium) chip, 918 TFLOP/s bf16 peak, 32 GB and
-#:   1.64 TB/s.  We assume 50 TFLOP/s (a twentieth): its 256×256 matrix units are
-#:   mostly idle on layers this narrow, and at the 30 or so FLOP per byte that these
-#:   steps may reach after fusion, its memory bandwidth allows about 50 TFLOP/s.
-#:
-#: Nothing here has been timed on these machines yet: ``book/teaching.md`` keeps the
-#: estimates and will keep the measurements.
-DEVICES = {
-    "t4": Device("Colab T4", 2.0e12, 1, 16e9),
-    "tpu_v2_8": Device("Colab TPU v2-8", 15e12, 8, 8e9),
-    "tpu_v5e_1": Device("Colab TPU v5e-1", 25e12, 1, 16e9),
-    "tpu_v6e_1": Device("Colab TPU v6e-1", 50e12, 1, 32e9),
-}
-
-#: What a chapter's accelerator recipe may take on a T4, minutes of training and sampling.
-BUDGET_MINUTES = 10.0
-
-#: The share of a device's memory that a training step may fill by :attr:`Stage.memory_bytes`
-#: (the rest for XLA's temporaries and workspace, the data, the runtime).
-MEMORY_SHARE = 0.8
+from .. import checks, config
+from .machines import summarise
+from .stages import Stage, abstract, call_stage, train_stage
 
 #: The chapters :func:`estimate` knows, the names the benchmark uses.
 CHAPTERS = ("vae", "ddpm", "flow_matching", "mixture", "emoji", "class_conditional", "latent")
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One part of a chapter's computation: a training run, or the calls of a network.
-
-    Attributes:
-      name: what the chapter does, in words.
-      kind: ``"train"`` (``calls`` optimiser steps) or ``"sample"`` (``calls``
-        network calls).
-      batch: examples per step or per call (for a guided call, the samples; the
-        network sees them twice, with and without their condition).
-      calls: optimiser steps or network calls.
-      flops_per_call: XLA's count of floating-point operations of one step or call.
-      activation_bytes: for training, the bytes of the activations kept for the
-        backward pass at the whole batch; 0 for sampling.
-      state_bytes: for training, the bytes of the parameters, gradients, optimiser
-        state and moving average; 0 for sampling.
-    """
-
-    name: str
-    kind: str
-    batch: int
-    calls: int
-    flops_per_call: float
-    activation_bytes: float = 0.0
-    state_bytes: float = 0.0
-
-    @property
-    def flops(self) -> float:
-        """All the stage's floating-point operations."""
-        return self.flops_per_call * self.calls
-
-    def memory_bytes(self, devices: int = 1) -> float:
-        """Bytes a training step holds on each of ``devices`` that share its batch.
-
-        Args:
-          devices: devices the batch is split among (8 on a TPU v2-8).
-
-        Returns:
-          ``activation_bytes / devices + state_bytes``; 0 for a sampling stage.
-
-        Raises:
-          TypeError, ValueError: if ``devices`` is not a positive int.
-        """
-        devices = checks.positive_int(devices, "devices")
-        return self.activation_bytes / devices + self.state_bytes
-
-
-def _nbytes(tree) -> float:
-    return float(sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree)))
 
 
 def _spec(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(int(n) for n in shape), jnp.dtype(dtype))
 
 
-def lowered_flops(fn: Callable, *args) -> float:
-    """XLA's count of the floating-point operations of ``jax.jit(fn)(*args)``, without compiling.
-
-    Args:
-      fn: a function JAX can trace.
-      *args: its arguments, arrays or ``jax.ShapeDtypeStruct`` (shapes are enough).
-
-    Returns:
-      The ``"flops"`` of the lowered program's cost analysis.  A loop's body
-      (``lax.scan``, ``while``) is counted once, whatever its trip count: lower one
-      step, not a sampler.
-
-    Raises:
-      TypeError: if ``fn`` is not callable.
-    """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    return _flops(jax.jit(fn).lower(*args))
-
-
-def _flops(lowered) -> float:
-    analysis = lowered.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
-        analysis = analysis[0]
-    return float(analysis["flops"])
-
-
-def abstract(make: Callable):
-    """``make()``'s NNX modules as shapes only: ``nnx.eval_shape(make)``, no weights made.
-
-    Args:
-      make: ``make() -> model`` (a module, or a pytree of modules).
-
-    Returns:
-      The same structure with ``jax.ShapeDtypeStruct`` in place of every array.
-
-    Raises:
-      TypeError: if ``make`` is not callable.
-    """
-    if not callable(make):
-        raise TypeError(f"make must be callable, got {type(make).__name__}")
-    return nnx.eval_shape(make)
-
-
-def train_stage(
-    name: str,
-    model,
-    optimizer,
-    loss_fn: Callable,
-    batch,
-    *,
-    steps: int,
-    ema_decay: float | None = None,
-) -> Stage:
-    """The cost of a training run: ``steps`` optimiser steps as :func:`~diffbook.train.fit` runs.
-
-    The step lowered is ``fit``'s: the loss and its gradient, the optimiser's update
-    and, with ``ema_decay``, the moving average of the parameters.
-
-    Args:
-      name: the run, in words.
-      model: the NNX model, made by :func:`abstract` (or a real one).
-      optimizer: its ``nnx.Optimizer``, e.g. ``abstract(lambda: train.adamw_with_ema(...)[1])``.
-      loss_fn: ``loss_fn(model, batch, key) -> scalar``, as ``fit`` takes it.
-      batch: one batch, a pytree of ``jax.ShapeDtypeStruct`` (or arrays) whose
-        leading axis is the batch size.
-      steps: optimiser steps of the run.
-      ema_decay: the moving average's decay, or ``None`` for a run without one.
-
-    Returns:
-      A ``"train"`` :class:`Stage`.
-
-    Raises:
-      TypeError, ValueError: for a bad ``steps`` or ``batch``, or a ``model`` or
-        ``optimizer`` that is no NNX object.
-    """
-    steps = checks.positive_int(steps, "steps")
-    leaves = jax.tree.leaves(batch)
-    if not leaves or any(np.ndim(leaf) < 1 for leaf in leaves):
-        raise ValueError("batch must be a pytree of arrays with a leading batch axis")
-    if not isinstance(model, nnx.Module) or not isinstance(optimizer, nnx.Optimizer):
-        raise TypeError(
-            f"model must be an nnx.Module and optimizer an nnx.Optimizer, got "
-            f"{type(model).__name__} and {type(optimizer).__name__}"
-        )
-    ema = nnx.clone(model) if ema_decay is not None else None
-    graphdef, state = nnx.split((model, optimizer, ema))
-
-    def step(state, batch, key):
-        model, optimizer, ema = nnx.merge(graphdef, state)
-        # nnx.value_and_grad(loss_fn), written with jax.vjp to return the residuals.
-        model_def, params, rest = nnx.split(model, nnx.Param, ...)
-        loss_of = lambda p: loss_fn(nnx.merge(model_def, p, rest), batch, key)
-        loss, backward = jax.vjp(loss_of, params)
-        (grads,) = backward(jnp.ones_like(loss))
-        optimizer.update(model, grads)
-        if ema is not None:
-            new = jax.tree.map(
-                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                nnx.state(ema, nnx.Param),
-                nnx.state(model, nnx.Param),
-            )
-            nnx.update(ema, new)
-        # The residuals, what the backward pass reads, are an output only for their shapes.
-        return nnx.state((model, optimizer, ema)), loss, backward
-
-    lowered = jax.jit(step).lower(state, batch, jax.random.key(0))
-    return Stage(
-        name,
-        "train",
-        int(leaves[0].shape[0]),
-        steps,
-        _flops(lowered),
-        activation_bytes=_nbytes(lowered.out_info[2]),
-        # Parameters, optimiser state and moving average as held, plus one set of gradients.
-        state_bytes=_nbytes(state) + _nbytes(nnx.state(model, nnx.Param)),
-    )
-
-
-def call_stage(name: str, model, fn: Callable, inputs: tuple, *, calls: int) -> Stage:
-    """The cost of ``calls`` calls of a trained network, e.g. a sampler's steps.
-
-    Args:
-      name: what the calls are for, in words.
-      model: the network, made by :func:`abstract` (or a real one); any pytree of NNX
-        modules, e.g. a tuple of a network and a classifier.
-      fn: ``fn(model, *inputs)``, one call.
-      inputs: its other arguments, ``jax.ShapeDtypeStruct`` or arrays; the first one's
-        leading axis is the batch.
-      calls: how many times the chapter makes the call.
-
-    Returns:
-      A ``"sample"`` :class:`Stage`.
-
-    Raises:
-      TypeError, ValueError: for a bad ``calls`` or ``inputs``.
-    """
-    calls = checks.positive_int(calls, "calls")
-    if not isinstance(inputs, tuple) or not inputs or np.ndim(inputs[0]) < 1:
-        raise TypeError("inputs must be a non-empty tuple whose first entry has a batch axis")
-    graphdef, state = nnx.split(model)
-    flops = lowered_flops(lambda s, *xs: fn(nnx.merge(graphdef, s), *xs), state, *inputs)
-    return Stage(name, "sample", int(inputs[0].shape[0]), calls, flops)
-
-
-# ------------------------------------------------------------------ the chapters
 def recipes(chapter: str, choice: str = "accelerator") -> dict:
     """The configurations a chapter runs with, by name, unchanged by ``$DIFFBOOK_SMOKE``.
 
@@ -355,7 +55,7 @@ def recipes(chapter: str, choice: str = "accelerator") -> dict:
     recipe = importlib.import_module(f"diffbook.{module}").RECIPE
     found = {"recipe": config.Config(choice, dict(recipe[choice]))}
     if chapter == "latent":
-        from . import autoencoder
+        from .. import autoencoder
 
         found["autoencoder"] = config.Config(choice, dict(autoencoder.RECIPE[choice]))
     return found
@@ -363,7 +63,7 @@ def recipes(chapter: str, choice: str = "accelerator") -> dict:
 
 def _adamw(model, cfg, *, steps=None, peak_lr=None):
     """The book's AdamW for ``model`` as the chapters make it, shapes only."""
-    from . import train
+    from .. import train
 
     steps = steps or cfg.steps
     return abstract(
@@ -387,7 +87,7 @@ def _count(cfg, key: str, default: int) -> int:
 
 
 def _vae_stages(cfgs) -> list[Stage]:
-    from . import vae
+    from .. import vae
 
     cfg = cfgs["recipe"]
     batch = (_digits(cfg.batch_size), _spec((cfg.batch_size,), jnp.int32))
@@ -420,8 +120,8 @@ def _digit_net(m, x, u):
 
 
 def _ddpm_stages(cfgs) -> list[Stage]:
-    from . import ddpm, nets
-    from .schedules import NoiseSchedule
+    from .. import ddpm, nets
+    from ..schedules import NoiseSchedule
 
     cfg = cfgs["recipe"]
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
@@ -468,7 +168,7 @@ ADAPTIVE_STEPS = 30
 
 
 def _flow_stages(cfgs) -> list[Stage]:
-    from . import flow, nets
+    from .. import flow, nets
 
     cfg = cfgs["recipe"]
     model = abstract(lambda: nets.unet_from_recipe(cfg))
@@ -521,7 +221,7 @@ def mixture_sampler_calls(num_timesteps: int) -> dict:
 
 
 def _mixture_stages(cfgs) -> list[Stage]:
-    from . import ddpm, mixture
+    from .. import ddpm, mixture
 
     cfg = cfgs["recipe"]
     schedule = mixture.make_schedule(cfg)
@@ -563,7 +263,7 @@ def _mixture_stages(cfgs) -> list[Stage]:
 
 def _emoji_vocabulary(num_emoji):
     """The number of prompts a recipe's ``num_emoji`` gives, and their vocabulary's size."""
-    from . import emoji, text
+    from .. import emoji, text
 
     names = [name for _, name in emoji.emoji_subset()]
     names = names if num_emoji is None else names[:num_emoji]
@@ -573,7 +273,7 @@ def _emoji_vocabulary(num_emoji):
 def _text_to_image_calls(model, cfg, in_channels, res, n, batches, *, label):
     """A guided call on ``n`` prompts (the network sees them and the empty prompt), ``batches``
     times ``cfg.sample_steps``."""
-    from . import guidance
+    from .. import guidance
 
     def fn(model, x, u, tokens, mask):
         return guidance.guided_model_fn(model, (tokens, mask), cfg.guidance)(x, u)
@@ -588,8 +288,8 @@ def _text_to_image_calls(model, cfg, in_channels, res, n, batches, *, label):
 
 
 def _text_to_image_train(model, cfg, in_channels, res, *, label):
-    from . import guidance
-    from .schedules import NoiseSchedule
+    from .. import guidance
+    from ..schedules import NoiseSchedule
 
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
     b = cfg.batch_size
@@ -612,7 +312,7 @@ def _text_to_image_train(model, cfg, in_channels, res, *, label):
 
 
 def _emoji_stages(cfgs) -> list[Stage]:
-    from . import text_to_image
+    from .. import text_to_image
 
     cfg = cfgs["recipe"]
     n, vocab = _emoji_vocabulary(cfg.num_emoji)
@@ -638,9 +338,9 @@ def _emoji_stages(cfgs) -> list[Stage]:
 
 
 def _class_conditional_stages(cfgs) -> list[Stage]:
-    from . import class_conditional as cc
-    from . import guidance
-    from .schedules import NoiseSchedule
+    from .. import class_conditional as cc
+    from .. import guidance
+    from ..schedules import NoiseSchedule
 
     cfg = cfgs["recipe"]
     schedule = NoiseSchedule.cosine(cfg.num_timesteps)
@@ -670,7 +370,7 @@ def _class_conditional_stages(cfgs) -> list[Stage]:
             "noise-aware and clean classifiers",
             classifier,
             _adamw(classifier, cfg, steps=cfg.classifier_steps, peak_lr=cfg.classifier_lr),
-            lambda c, batch, k: cc.classifier_loss(schedule, c, batch, k),
+            lambda c, batch, k: guidance.classifier_loss(schedule, c, batch, k),
             batch,
             steps=2 * cfg.classifier_steps,
         ),
@@ -730,8 +430,8 @@ def _class_conditional_stages(cfgs) -> list[Stage]:
 
 
 def _latent_stages(cfgs) -> list[Stage]:
-    from . import autoencoder as ae
-    from . import latent_diffusion as ld
+    from .. import autoencoder as ae
+    from .. import latent_diffusion as ld
 
     cfg, ae_cfg = cfgs["recipe"], cfgs["autoencoder"]
     if ae_cfg.resolution != cfg.resolution:
@@ -810,7 +510,7 @@ def chapter_stages(chapter: str, configs: dict) -> list[Stage]:
         or not, e.g. ``cfg.replace(steps=...)``).
 
     Returns:
-      The chapter's :class:`Stage` list, trainings first.
+      The chapter's :class:`~diffbook.cost.stages.Stage` list, trainings first.
 
     Raises:
       ValueError: for an unknown ``chapter``.
@@ -818,56 +518,6 @@ def chapter_stages(chapter: str, configs: dict) -> list[Stage]:
     """
     checks.one_of(chapter, "chapter", CHAPTERS)
     return _STAGES[chapter](configs)
-
-
-def summarise(chapter: str, choice: str, stages: list[Stage]) -> dict:
-    """The figures of :func:`estimate` from a chapter's stages.
-
-    Args:
-      chapter: the chapter's name (copied into the result).
-      choice: the configuration's name (copied into the result).
-      stages: the chapter's :class:`Stage` list.
-
-    Returns:
-      A dict ready for JSON: ``stages`` (name, kind, batch, calls, FLOPs per call
-      and in all), ``train_flops``, ``sample_flops``, ``total_flops``, for each
-      machine ``minutes_<machine>`` (all FLOPs at its sustained rate) and
-      ``memory_gb_<machine>`` (the largest training step's memory per device),
-      ``rates_tflops`` and ``budget_minutes``.
-
-    Raises:
-      ValueError: if ``stages`` is empty.
-    """
-    if not stages:
-        raise ValueError("stages must not be empty")
-    train = sum(s.flops for s in stages if s.kind == "train")
-    sample = sum(s.flops for s in stages if s.kind == "sample")
-    result = {
-        "chapter": chapter,
-        "config": choice,
-        "stages": [
-            {
-                "name": s.name,
-                "kind": s.kind,
-                "batch": s.batch,
-                "calls": s.calls,
-                "flops_per_call": s.flops_per_call,
-                "flops": s.flops,
-            }
-            for s in stages
-        ],
-        "train_flops": train,
-        "sample_flops": sample,
-        "total_flops": train + sample,
-    }
-    for key, device in DEVICES.items():
-        result[f"minutes_{key}"] = round((train + sample) / device.rate / 60, 2)
-    for key, device in DEVICES.items():
-        memory = max(s.memory_bytes(device.devices) for s in stages)
-        result[f"memory_gb_{key}"] = round(memory / 1e9, 2)
-    result["rates_tflops"] = {key: device.rate / 1e12 for key, device in DEVICES.items()}
-    result["budget_minutes"] = BUDGET_MINUTES
-    return result
 
 
 def estimate(chapter: str, choice: str = "accelerator", configs: dict | None = None) -> dict:
@@ -880,7 +530,7 @@ def estimate(chapter: str, choice: str = "accelerator", configs: dict | None = N
         returns them); default: the recipe's.
 
     Returns:
-      :func:`summarise`'s dict.
+      :func:`~diffbook.cost.machines.summarise`'s dict.
 
     Raises:
       ValueError: for an unknown ``chapter`` or ``choice``.
