@@ -314,7 +314,7 @@ class Straightness(NamedTuple):
 
     #: Liu et al.'s straightness ``S``: 0 for straight paths.
     straightness: jax.Array
-    #: Path length over the distance between the path's ends: 1 for straight paths.
+    #: Path length over the distance between the path's ends (1 for straight paths).
     length_ratio: jax.Array
     #: The paths' ends at t = 1, shape (B, ...).
     x: jax.Array

@@ -47,12 +47,12 @@ import numpy as np
 from . import checks
 from .data import DIGIT_SHAPE, check_images
 
-#: Number of values a pixel can take: sklearn's digits are integers 0..16.
+#: How many values a pixel can take (sklearn's digits are integers 0..16).
 NUM_VALUES = 17
-#: The mask token: one past the pixel values, so token ids are ``0..17``.  It is
+#: The mask token, one past the pixel values, so token ids run ``0..17``.  It is
 #: never the value of a clean pixel and the model never predicts it.
 MASK = NUM_VALUES
-#: Number of tokens of one digit image: its 8 x 8 pixels in raster (row) order.
+#: How many tokens make one digit image (its 8 x 8 pixels in raster, row, order).
 NUM_TOKENS = int(np.prod(DIGIT_SHAPE))
 #: Width of one pixel level in the ``[-1, 1]`` scaling of :func:`diffbook.data.load_digits`
 #: (value ``v`` is stored as ``v / 8 - 1``).

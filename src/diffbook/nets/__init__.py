@@ -2,7 +2,8 @@
 
 * :mod:`diffbook.nets.layers`: what the networks share -- the sinusoidal time
   embedding, class-label embeddings, residual blocks modulated by the time (FiLM),
-  self- and cross-attention, cutting images into patches, and :func:`count_params`.
+  self- and cross-attention, cutting images into patches, and
+  :func:`~diffbook.nets.layers.count_params`.
 * :mod:`diffbook.nets.unet`: the U-Net of every pixel-space chapter, conditioned on a
   class label or on text tokens when asked.
 * :mod:`diffbook.nets.text_encoder`: a small transformer text encoder and
