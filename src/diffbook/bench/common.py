@@ -254,7 +254,7 @@ def train_digit_unet(cfg, loss_fn: Callable, seed: int) -> tuple:
     """Train a digit chapter's U-Net (chapters 2 and 3) on the training images of ``cfg.digit``.
 
     Args:
-      cfg: the recipe (:func:`diffbook.nets.unet_from_recipe`'s and
+      cfg: the recipe (:func:`diffbook.nets.unet.unet_from_recipe`'s and
         :func:`fit_recipe`'s settings, and ``digit``).
       loss_fn: ``loss_fn(model, x, key) -> scalar``.
       seed: seed of the weights and of the run.
