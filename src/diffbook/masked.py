@@ -32,7 +32,7 @@ some tokens known and kept.
 
 **Nats for a continuous model.**  :func:`dequantise` and :func:`dequantised_nats`
 turn a density over the ``[-1, 1]``-scaled pixels (a flow or DDPM, through
-:func:`diffbook.samplers.ode_log_likelihood`) into an upper bound on the discrete
+:func:`diffbook.likelihood.ode_log_likelihood`) into an upper bound on the discrete
 negative log-likelihood in the same units, nats per image.
 """
 
@@ -506,7 +506,7 @@ def dequantised_nats(log_density, dim: int = NUM_TOKENS, *, bin_width: float = B
 
     Args:
       log_density: ``log p(x + u)`` of dequantised images, any shape (e.g. ``(N,)``
-        from :func:`diffbook.samplers.ode_log_likelihood`).
+        from :func:`diffbook.likelihood.ode_log_likelihood`).
       dim: pixels per image ``D`` (64 for a digit).
       bin_width: the width ``w`` of one level's bin in the density's coordinates
         (1/8 for pixels in ``[-1, 1]``).
