@@ -599,7 +599,10 @@ def twin_problems(md: Path) -> list[str]:
     ``diffbook.module.name`` (a function, class or method) written out for the reader.
     The two must have the same syntax tree after :func:`normalise`; each difference is
     reported as ``notebooks/NN.md:LINE: name differs from twin: first differing node``.
-    A marker that names nothing, or that stands above no definition, is a problem too.
+    A marker that names nothing, or that stands above no definition, is a problem too,
+    and so is a library twin whose docstring does not say "Written out in chapter N"
+    (``N`` from the chapter's file name): whoever edits it learns there which chapter to
+    change with it.
     """
     shown = _shown_path(md)
     problems, marked = [], []
@@ -649,6 +652,14 @@ def twin_problems(md: Path) -> list[str]:
                 f"names {dotted}, which does not exist: {err}"
             )
             continue
+        number = md.name.split("_")[0]
+        if number.isdigit() and f"Written out in chapter {int(number)}" not in (
+            ast.get_docstring(twin) or ""
+        ):
+            problems.append(
+                f"{shown}:{offset + node.lineno}: {node.name}: the docstring of {dotted} "
+                f"must say 'Written out in chapter {int(number)}' (and where)"
+            )
         found = first_difference(normalise(node, renames), normalise(twin))
         if found:
             ours, theirs, what = found

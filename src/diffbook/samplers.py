@@ -396,6 +396,9 @@ def ddim_invert(
 def langevin(score: Callable, x: jax.Array, key: jax.Array, *, steps: int, step_size: float):
     """Unadjusted Langevin dynamics ``x += step_size * score(x) + sqrt(2 step_size) z``.
 
+    Written out in chapter 4 (``notebooks/04_mixture.md``), which teaches it; the twin check
+    of ``tools/notebooks.py`` fails when the two differ, so change them together.
+
     Args:
       score: ``score(x)``, the gradient of the target's log-density (exact or learned).
       x: the starting points, any shape (an array with a leading axis is a batch,

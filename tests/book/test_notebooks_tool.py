@@ -36,7 +36,10 @@ from diffbook import checks
 
 
 def weighted_square_sum(x: "Array", scale: float = 2.0, *, axis: int = -1) -> "Array":
-    """The library's docstring, with Args and Returns."""
+    """The library's docstring, with Args and Returns.
+
+    Written out in chapter 1 (the tiny chapter).
+    """
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     checks.finite_number(scale, "scale")
@@ -45,6 +48,7 @@ def weighted_square_sum(x: "Array", scale: float = 2.0, *, axis: int = -1) -> "A
 
 
 def normalised(x):
+    """Written out in chapter 1."""
     return x / weighted_square_sum(x)
 
 
@@ -52,7 +56,7 @@ class Box:
     """A class whose method is a twin."""
 
     def area(self, width: float, height: float) -> float:
-        """Width times height."""
+        """Width times height.  Written out in chapter 1."""
         return width * height
 '''
 
@@ -164,6 +168,15 @@ def test_a_call_that_does_more_than_check_is_compared():
         assert not tools._is_check_call(ast.parse(call).body[0].value), call
     for call in ("checks.positive_int(n, 'n')", "positive_int(n, 'n')", "_check_shape(x)"):
         assert tools._is_check_call(ast.parse(call).body[0].value), call
+
+
+def test_a_twin_whose_docstring_does_not_name_its_chapter_fails(twins, tmp_path):
+    library = next(tmp_path.glob("twinlib_*.py"))
+    library.write_text(library.read_text().replace('"""Written out in chapter 1."""', '"""x."""'))
+    problems, _ = twins(*CHAPTER_CELLS)
+    assert len(problems) == 1
+    assert "normalised: the docstring of twinlib_" in problems[0]
+    assert "must say 'Written out in chapter 1'" in problems[0]
 
 
 def test_check_fails_when_a_chapter_twin_drifts_from_diffbook(tmp_path, capsys):
