@@ -430,8 +430,7 @@ def autoencoder_loss(
 ) -> jax.Array:
     """The training loss: squared error per pixel plus ``kl_weight`` x KL per latent element.
 
-    Written out in chapter 7 (``notebooks/07_latent.md``), which teaches it; the twin check
-    of ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 7 (``notebooks/07_latent.md``): change the two together.
 
     The reconstruction error is the mean squared error over every pixel and
     channel of the batch.  Squared error rather than L1 because it *is* the
@@ -477,8 +476,7 @@ def autoencoder_loss(
 def latent_scale_factor(latents) -> float:
     """``1 / std`` of the latents: the factor that gives them unit variance.
 
-    Written out in chapter 7 (``notebooks/07_latent.md``), which teaches it; the twin check
-    of ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 7 (``notebooks/07_latent.md``): change the two together.
 
     Latent diffusion multiplies the encoder's latents by one constant computed
     from data before the diffusion model sees them (and divides the samples by it

@@ -54,8 +54,7 @@ RECIPE = {
 def logit_normal(key: jax.Array, n: int, *, mean: float = 0.0, std: float = 1.0) -> jax.Array:
     """``n`` times in (0, 1): ``sigmoid(u)`` with ``u ~ N(mean, std^2)``.
 
-    Written out in chapter 3 (``notebooks/03_flow_matching.md``), which teaches it; the twin
-    check of ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 3 (``notebooks/03_flow_matching.md``): change the two together.
 
     They cluster around the middle of the path, where the target velocity is
     hardest to predict, and rarely fall at the easy ends.
@@ -81,8 +80,7 @@ def logit_normal(key: jax.Array, n: int, *, mean: float = 0.0, std: float = 1.0)
 def cfm_loss(model, x1: jax.Array, key: jax.Array) -> jax.Array:
     """Conditional flow-matching loss of ``model(x_t, t)`` on a batch of data ``x1``.
 
-    Written out in chapter 3 (``notebooks/03_flow_matching.md``), which teaches it; the twin
-    check of ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 3 (``notebooks/03_flow_matching.md``): change the two together.
 
     Draws one time per image from :func:`logit_normal` and one noise image ``x0``,
     and regresses the network on the straight path's velocity ``x1 - x0``.

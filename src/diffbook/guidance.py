@@ -272,8 +272,7 @@ def classifier_loss(
 ) -> jax.Array:
     """Cross-entropy of a classifier on noised training images.
 
-    Written out in chapter 6 (``notebooks/06_class_conditional.md``), which teaches it; the
-    twin check of ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 6 (``notebooks/06_class_conditional.md``): change the two together.
 
     Each image is noised to a random timestep ``t`` exactly as the diffusion loss
     noises it, and the classifier, told ``u = t/T``, must name the digit.  With
@@ -334,8 +333,7 @@ def classifier_guided_model_fn(
     """Classifier guidance (Dhariwal & Nichol 2021): an unconditional network steered
     by the gradient of a classifier of noisy images.
 
-    Written out in chapter 6 (``notebooks/06_class_conditional.md``), which teaches it; the
-    twin check of ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 6 (``notebooks/06_class_conditional.md``): change the two together.
 
     Bayes' rule splits the conditional score,
     ``grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t)``, and the

@@ -23,8 +23,7 @@ counts once).  Two samplers need a number of steps: ``ddim`` (``steps`` or an ex
 at once, and reports how many times the velocity (the network) was evaluated.
 Flow matching samples with it (noise at t=0 to data at t=1) and encodes with it
 (the same ODE run backwards); the probability-flow ODE of a diffusion model is
-another use.  :func:`diffbook.likelihood.ode_log_likelihood` solves the same ODE with
-the log-density carried along: a flow's or a diffusion's exact likelihood of given data.
+another use, and :mod:`diffbook.likelihood` solves it with the log-density carried along.
 
 Every sampler here splits its batch over the devices (:func:`diffbook.train.shard_batch`):
 ``x_T`` and the state carried from step to step live on the ``"data"`` axis of
@@ -396,8 +395,7 @@ def ddim_invert(
 def langevin(score: Callable, x: jax.Array, key: jax.Array, *, steps: int, step_size: float):
     """Unadjusted Langevin dynamics ``x += step_size * score(x) + sqrt(2 step_size) z``.
 
-    Written out in chapter 4 (``notebooks/04_mixture.md``), which teaches it; the twin check
-    of ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 4 (``notebooks/04_mixture.md``): change the two together.
 
     Args:
       score: ``score(x)``, the gradient of the target's log-density (exact or learned).

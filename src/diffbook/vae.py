@@ -62,8 +62,7 @@ RECIPE = {
 class Encoder(nnx.Module):
     """Image ``(B, 8, 8, 1)`` -> mean and log-variance of ``q(z | x)``, each ``(B, latent_dim)``.
 
-    Written out in chapter 1 (``notebooks/01_vae.md``), which teaches it; the twin check of
-    ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 1 (``notebooks/01_vae.md``): change the two together.
 
     An MLP with two GELU hidden layers of width ``hidden``.
 
@@ -96,8 +95,7 @@ class Encoder(nnx.Module):
 class Decoder(nnx.Module):
     """Latent ``(B, latent_dim)`` -> pixel logits ``(B, 8, 8, 1)`` of the Binomial likelihood.
 
-    Written out in chapter 1 (``notebooks/01_vae.md``), which teaches it; the twin check of
-    ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 1 (``notebooks/01_vae.md``): change the two together.
 
     An MLP with two GELU hidden layers of width ``hidden``.
 
@@ -164,8 +162,7 @@ class VAE(nnx.Module):
 def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """A draw of ``N(mean, exp(logvar))`` that is differentiable in ``mean`` and ``logvar``.
 
-    Written out in chapter 1 (``notebooks/01_vae.md``), which teaches it; the twin check of
-    ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 1 (``notebooks/01_vae.md``): change the two together.
 
     ``z = mean + exp(logvar / 2) * eps`` with ``eps ~ N(0, I)``.
 
@@ -191,8 +188,7 @@ def reparameterize(key: jax.Array, mean: jax.Array, logvar: jax.Array) -> jax.Ar
 def kl_to_standard_normal(mean: jax.Array, logvar: jax.Array) -> jax.Array:
     """``KL(N(mean, diag(exp(logvar))) || N(0, I))`` per row, in nats.
 
-    Written out in chapter 1 (``notebooks/01_vae.md``), which teaches it; the twin check of
-    ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 1 (``notebooks/01_vae.md``): change the two together.
 
     Closed form: ``0.5 * sum(mean^2 + exp(logvar) - 1 - logvar)`` over the last axis.
 
@@ -228,8 +224,7 @@ def to_counts(images: jax.Array) -> jax.Array:
 def binomial_log_likelihood(logits: jax.Array, images: jax.Array) -> jax.Array:
     """``log p(x | z)`` per image, in nats: independent Binomial(16, sigmoid(logit)) pixels.
 
-    Written out in chapter 1 (``notebooks/01_vae.md``), which teaches it; the twin check of
-    ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 1 (``notebooks/01_vae.md``): change the two together.
 
     ``log_sigmoid`` keeps it finite for any logit.
 
@@ -262,8 +257,7 @@ def _check_shape(images, name: str = "images"):
 def elbo(model: VAE, images: jax.Array, key: jax.Array) -> jax.Array:
     """One-sample estimate of the ELBO per image, in nats.
 
-    Written out in chapter 1 (``notebooks/01_vae.md``), which teaches it; the twin check of
-    ``tools/notebooks.py`` fails when the two differ, so change them together.
+    Written out in chapter 1 (``notebooks/01_vae.md``): change the two together.
 
     ``log p(x | z) - KL(q(z | x) || p(z))`` with one ``z ~ q(z | x)`` per image.
 
