@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance",
         type=float,
         help="guidance scale (cfg: s of uncond + s (cond - uncond); classifier: the "
-        "classifier scale); 0: the unguided, unconditional model (default: the recipe's, "
+        "classifier scale); 0: the unconditional model (default: the recipe's, "
         "1 for cfg, i.e. the conditional model without guidance, which measured best on "
         "digits; 4 for classifier)",
     )

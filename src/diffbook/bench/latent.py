@@ -159,9 +159,9 @@ def run(args: argparse.Namespace) -> dict:
     result["compile_s"] = round(ae_history.compile_s + history.compile_s, 2)
     result["train_s"] = round(ae_history.train_s + history.train_s, 2)
     if scale != 0.0:
-        unguided = metrics.prompt_fidelity(draw(0.0)[0], labels, images)
-        result["top1_unconditional"] = round(unguided["top1"], 4)
-        result["top5_unconditional"] = round(unguided["top5"], 4)
+        unconditional = metrics.prompt_fidelity(draw(0.0)[0], labels, images)
+        result["top1_unconditional"] = round(unconditional["top1"], 4)
+        result["top5_unconditional"] = round(unconditional["top5"], 4)
     if args.samples:
         # Sample i was prompted by prompts[i]; train_prompts are the same names
         # (one image per name), saved under both keys as the format asks.
