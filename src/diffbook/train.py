@@ -20,10 +20,8 @@ device denoises its own slice of the samples.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -208,56 +206,9 @@ def progress_enabled() -> bool:
     return os.environ.get("DIFFBOOK_PROGRESS", "1") != "0"
 
 
-#: Compiled training steps, keyed by :func:`_step_key`; the newest few are kept.
-_COMPILED_STEPS: OrderedDict = OrderedDict()
-_COMPILED_STEPS_KEPT = 2
-
-
-def _step_key(lowered, mesh: Mesh) -> str | None:
-    """What identifies a lowered training step: its program (the weights' shapes, the loss,
-    the optimiser's constants and the data, all written into it), its argument and result
-    structures, and the devices.  ``None`` (do not reuse) where JAX passes captured
-    constants as hidden arguments instead of writing them into the program."""
-    if jax.config.jax_use_simplified_jaxpr_constants:
-        return None
-    # The text, not MLIR's bytecode: the bytecode of one program was seen to differ between
-    # two lowerings.
-    program = lowered.as_text().encode()
-    ids = [(d.platform, d.id) for d in mesh.devices.flat]
-    extra = f"{lowered.in_tree}\n{lowered.out_tree}\n{ids}".encode()
-    return hashlib.sha256(program + extra).hexdigest()
-
-
-def compile_step(jitted, args, mesh: Mesh):
-    """``jitted.lower(*args).compile()``, reusing an earlier compilation of the same program.
-
-    Several runs of one recipe (other seeds, the same number of steps) lower to the same
-    program; compiling it again would give the same executable, so :func:`fit` takes it from
-    a small cache instead.  The results are those of a fresh compilation, bit for bit.
-
-    Returns:
-      ``(compiled, reused)``: the compiled step and whether it came from the cache.
-    """
-    lowered = jitted.lower(*args)
-    key = _step_key(lowered, mesh)
-    if key is not None and key in _COMPILED_STEPS:
-        _COMPILED_STEPS.move_to_end(key)
-        return _COMPILED_STEPS[key], True
-    compiled = lowered.compile()
-    if key is not None:
-        _COMPILED_STEPS[key] = compiled
-        while len(_COMPILED_STEPS) > _COMPILED_STEPS_KEPT:
-            _COMPILED_STEPS.popitem(last=False)
-    return compiled, False
-
-
 @dataclass
 class History:
-    """What :func:`fit` returns: the loss of every step and timings in seconds.
-
-    ``compile_s`` includes lowering the step; where an identical step was compiled by an
-    earlier call (see :func:`compile_step`), it is the lowering alone.
-    """
+    """What :func:`fit` returns: the loss of every step and timings in seconds."""
 
     loss: np.ndarray
     compile_s: float
@@ -405,9 +356,7 @@ def fit(
     end = steps if stop_after is None else min(steps, start + stop_after)
     # A finished run loaded from its checkpoint needs no compiled step at all.
     t0 = time.perf_counter()
-    compiled = (
-        compile_step(train_step, (state, keys[0], np.int32(0)), mesh)[0] if start < end else None
-    )
+    compiled = train_step.lower(state, keys[0], np.int32(0)).compile() if start < end else None
     compile_s = time.perf_counter() - t0 if start < end else 0.0
 
     def check(upto: int):

@@ -60,45 +60,6 @@ def test_fit_learns_and_tracks_an_ema():
     assert history.batch_size % n == 0 and 32 <= history.batch_size < 32 + n
 
 
-def test_identical_steps_compile_once_and_train_as_a_fresh_compilation(monkeypatch):
-    reused = []
-    compile_step = train.compile_step
-
-    def spy(*args):
-        compiled, hit = compile_step(*args)
-        reused.append(hit)
-        return compiled, hit
-
-    monkeypatch.setattr(train, "compile_step", spy)
-    train._COMPILED_STEPS.clear()
-
-    def run(seed, lr=0.05, n=256):
-        model = Regressor(nnx.Rngs(seed))
-        opt = nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
-        history = train.fit(
-            model,
-            opt,
-            mse,
-            regression_data(n),
-            steps=20,
-            batch_size=32,
-            key=jax.random.key(seed),
-            progress=False,
-        )
-        return history.loss, np.asarray(model.linear.kernel[...])
-
-    run(1)
-    second = run(2)  # another seed: the same program, compiled once
-    run(2, lr=0.01)  # another learning rate, or other data: other programs
-    run(2, n=128)
-    assert reused == [False, True, False, False]
-    train._COMPILED_STEPS.clear()
-    fresh = run(2)
-    assert reused[-1] is False
-    for a, b in zip(second, fresh, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_nan_loss_stops_training_with_the_step():
     x, y = regression_data()
     y[5:] = np.nan
