@@ -1,7 +1,7 @@
 """Every chapter's benchmark: its command line, the JSON line it prints, the samples it saves.
 
-The seven benchmarks run once each, with the smallest settings their options allow, in
-one Python process started for them (:func:`runs`): one start of JAX instead of seven,
+The eight benchmarks run once each, with the smallest settings their options allow, in
+one Python process started for them (:func:`runs`): one start of JAX instead of eight,
 and what the chapters share (the digits' reference classifier and features, small
 compiled programs) is computed once.  Each chapter's tests read the result of its one
 run.  The options are tested without training anything, in this process.
@@ -37,6 +37,11 @@ RUNS = {
         *("--per-digit", "61", "--guidance", "2", "--steps", "2"),
     ],
     "latent": ["--train-steps", "2", "--autoencoder-steps", "2", "--num-emoji", "6"],
+    # Distillation: the teacher, its paths (few of them) and the flow-map student.
+    "few_step": [
+        *("--train-steps", "2", "--method", "distill", "--nfe", "2"),
+        *("--path-samples", "64", "--num-samples", "599"),
+    ],
 }
 
 #: Runs every chapter of ``sys.argv[1]`` (a JSON dict: chapter -> argv) through
@@ -232,6 +237,24 @@ def test_latent_run_trains_both_stages_and_saves_decoded_samples(runs):
     assert len(set(saved["prompts"])) == 6
 
 
+def test_few_step_run_distils_the_teacher_and_saves_samples(runs):
+    result = _result(
+        runs,
+        "few_step",
+        keys=("sample_s", "fd_ratio", "class_tv", "teacher_s", "paths_s", "student_s")
+        + DIGIT_QUALITY,
+    )
+    assert result["method"] == "distill" and result["solver"] is None and result["nfe"] == 2
+    assert result["steps"] == result["teacher_steps"] == 2 and result["path_samples"] == 64
+    assert result["digit"] is None and result["num_samples"] == result["n_samples"] == 599
+    # train_s covers the teacher, its paths and the student.
+    assert result["train_s"] == pytest.approx(
+        result["teacher_s"] + result["paths_s"] + result["student_s"], abs=0.03
+    )
+    assert result["paths_s"] > 0 and result["fd"] > 0 and 0 <= result["class_tv"] <= 1
+    _digit_samples(runs["few_step"][1], (599, 8, 8, 1), None)
+
+
 # --------------------------------------------------- the command line, nothing trained
 def test_every_chapter_has_a_benchmark_and_a_cost():
     assert set(bench.BENCHMARKS) == set(cost.CHAPTERS) == set(RUNS)
@@ -299,7 +322,7 @@ def test_bench_rejects_unknown_chapters(capsys, no_training):
 
 
 def test_digit_benches_need_as_many_samples_as_held_out_images(capsys, no_training):
-    for chapter, needed in (("vae", 599), ("ddpm", 59), ("flow_matching", 59)):
+    for chapter, needed in (("vae", 599), ("ddpm", 59), ("flow_matching", 59), ("few_step", 599)):
         err = _rejected(capsys, chapter, "--num-samples", str(needed - 1))
         assert f"--num-samples must be at least {needed}" in err, err
 
@@ -314,6 +337,8 @@ def test_bench_rejects_counts_below_their_minimum(capsys, no_training):
         (("vae", "--seed", "-1"), "--seed"),
         (("ddpm", "--steps", "0"), "--steps"),
         (("class_conditional", "--per-digit", "60"), "--per-digit"),
+        (("few_step", "--nfe", "0"), "--nfe"),
+        (("few_step", "--path-samples", "0"), "--path-samples"),
     ):
         err = _rejected(capsys, *options)
         assert f"argument {name}: must be an int >=" in err, err
@@ -343,6 +368,23 @@ def test_class_conditional_bench_rejects_bad_options(capsys, no_training):
     ):
         err = _rejected(capsys, "class_conditional", *options)
         assert options[0] in err, err
+
+
+def test_few_step_bench_rejects_bad_options(capsys, no_training):
+    assert "invalid choice" in _rejected(capsys, "few_step", "--method", "ddpm")
+    assert "invalid choice" in _rejected(capsys, "few_step", "--solver", "rk4")
+    for options, name in (
+        # A flow map jumps: it takes no solver.
+        (["--method", "distill", "--solver", "euler"], "--solver"),
+        (["--method", "meanflow", "--solver", "heun", "--nfe", "2"], "--solver"),
+        # Two evaluations a step.
+        (["--method", "teacher", "--solver", "heun", "--nfe", "3"], "--nfe"),
+        (["--method", "reflow", "--solver", "midpoint", "--nfe", "1"], "--nfe"),
+        (["--method", "teacher", "--solver", "adaptive", "--nfe", "4"], "--nfe"),
+        (["--method", "meanflow", "--path-samples", "64"], "--path-samples"),
+    ):
+        err = _rejected(capsys, "few_step", *options)
+        assert name in err, (options, err)
 
 
 def test_cost_refuses_the_options_of_a_training_run(capsys, no_training):

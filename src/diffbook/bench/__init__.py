@@ -26,7 +26,17 @@ import argparse
 import json
 import os
 
-from . import class_conditional, common, ddpm, emoji, flow_matching, latent, mixture, vae
+from . import (
+    class_conditional,
+    common,
+    ddpm,
+    emoji,
+    few_step,
+    flow_matching,
+    latent,
+    mixture,
+    vae,
+)
 
 #: Chapter name, as given on the command line -> the module of its benchmark.
 BENCHMARKS = {
@@ -37,6 +47,7 @@ BENCHMARKS = {
     "emoji": emoji,
     "class_conditional": class_conditional,
     "latent": latent,
+    "few_step": few_step,
 }
 
 

@@ -296,7 +296,8 @@ def sample_and_report(
 
     Args:
       chapter: the chapter's name, as on the command line.
-      cfg: the configuration the run trained with.
+      cfg: the configuration the run trained with; its ``digit`` (the class the
+        samples are judged as), or all ten when it has none.
       model: the trained network (its parameters are counted).
       history: :func:`diffbook.train.fit`'s history of the run.
       draw: ``draw(state, key) -> (samples, nfe)``, a ``jax.jit`` function; it is
@@ -315,8 +316,9 @@ def sample_and_report(
         draw, state, jax.random.key(args.seed + 2)
     )
     samples = np.clip(np.asarray(samples), -1.0, 1.0)
-    save_digit_samples(args.samples, samples, cfg.digit)
-    quality = metrics.digit_quality(samples, cfg.digit)
+    digit = cfg.get("digit")  # a recipe of all ten digits names none
+    save_digit_samples(args.samples, samples, digit)
+    quality = metrics.digit_quality(samples, digit)
     return report(
         chapter,
         cfg,

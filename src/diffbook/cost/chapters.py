@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from .. import checks, config
 from .machines import summarise
 from .stages import Stage, abstract, call_stage, train_stage
 
 #: The chapters :func:`estimate` knows, the names the benchmark uses.
-CHAPTERS = ("vae", "ddpm", "flow_matching", "mixture", "emoji", "class_conditional", "latent")
+CHAPTERS = (
+    "vae",
+    "ddpm",
+    "flow_matching",
+    "mixture",
+    "emoji",
+    "class_conditional",
+    "latent",
+    "few_step",
+)
 
 
 def _spec(shape, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
@@ -51,6 +61,7 @@ def recipes(chapter: str, choice: str = "accelerator") -> dict:
         "emoji": "text_to_image",
         "class_conditional": "class_conditional",
         "latent": "latent_diffusion",
+        "few_step": "few_step",
     }[chapter]
     recipe = importlib.import_module(f"diffbook.{module}").RECIPE
     found = {"recipe": config.Config(choice, dict(recipe[choice]))}
@@ -491,6 +502,135 @@ def _latent_stages(cfgs) -> list[Stage]:
     ]
 
 
+#: The numbers of network evaluations chapter 8 samples its networks at (assumed until the
+#: chapter is written: its tables may use fewer).
+FEW_STEP_NFES = (1, 2, 4, 8, 16)
+
+
+def few_step_sampling_calls() -> dict:
+    """The network calls per sample of the sampling chapter 8 is costed with.
+
+    Returns:
+      ``{"teacher": ..., "reflow": ..., "flow_map": ...}``: the teacher with each of
+      :data:`diffbook.few_step.SOLVERS` at each of :data:`FEW_STEP_NFES` (the
+      two-evaluation solvers at the even ones) and once adaptively
+      (:data:`ADAPTIVE_STEPS` Tsit5 steps), and its straightness over 16 Euler steps;
+      the reflow network the same way without the adaptive solve; each flow map
+      (distilled, MeanFlow) at each of the numbers.
+    """
+    one_eval = 2 * sum(FEW_STEP_NFES)  # euler, dpm_solver_2m
+    two_evals = 2 * sum(n for n in FEW_STEP_NFES if n % 2 == 0)  # heun, midpoint
+    straightness = 16
+    return {
+        "teacher": one_eval + two_evals + 6 * ADAPTIVE_STEPS + 1 + straightness,
+        "reflow": one_eval + two_evals + straightness,
+        "flow_map": sum(FEW_STEP_NFES),
+    }
+
+
+def _few_step_stages(cfgs) -> list[Stage]:
+    from .. import few_step, flow, nets
+
+    cfg = cfgs["recipe"]
+    teacher = abstract(lambda: nets.unet_from_recipe(cfg))
+    flow_map = abstract(lambda: nets.FlowMapUNet(nets.unet_from_recipe(cfg), rngs=nnx.Rngs(0)))
+    b, k = cfg.batch_size, cfg.path_steps
+    n = 3 * _count(cfg, "num_samples", 600)  # three sampling seeds
+
+    def student(model, method):
+        steps = cfg[f"{method}_steps"]
+        return _adamw(model, cfg, steps=steps, peak_lr=cfg.student_lr), steps
+
+    def flow_map_call(m, z, r, t):
+        return m(z, r, t)
+
+    def meanflow_cost(m, x1, key):
+        # The teacher's velocity in the target is counted apart, as calls (no gradient).
+        return few_step.meanflow_loss(m, x1, key)
+
+    calls = few_step_sampling_calls()
+    stages = [
+        train_stage(
+            "teacher: U-Net, conditional flow matching",
+            teacher,
+            _adamw(teacher, cfg),
+            flow.cfm_loss,
+            _digits(b),
+            steps=cfg.steps,
+            ema_decay=cfg.ema_decay,
+        ),
+        call_stage(
+            f"the teacher's paths: {cfg.path_samples} from noise, {k} DPM-Solver++(2M) steps",
+            teacher,
+            _digit_net,
+            (_digits(cfg.path_samples), _spec((cfg.path_samples,))),
+            calls=k,
+        ),
+    ]
+    optimizer, steps = student(flow_map, "distill")
+    stages.append(
+        train_stage(
+            "flow map distilled from the paths",
+            flow_map,
+            optimizer,
+            few_step.flow_map_distillation_loss,
+            _spec((b, k + 1, 8, 8, 1)),
+            steps=steps,
+            ema_decay=cfg.student_ema_decay,
+        )
+    )
+    optimizer, steps = student(teacher, "reflow")
+    stages.append(
+        train_stage(
+            "reflow: U-Net on (noise, teacher sample) pairs",
+            teacher,
+            optimizer,
+            few_step.reflow_loss,
+            (_digits(b), _digits(b)),
+            steps=steps,
+            ema_decay=cfg.student_ema_decay,
+        )
+    )
+    optimizer, steps = student(flow_map, "meanflow")
+    stages += [
+        train_stage(
+            "MeanFlow flow map",
+            flow_map,
+            optimizer,
+            meanflow_cost,
+            _digits(b),
+            steps=steps,
+            ema_decay=cfg.student_ema_decay,
+        ),
+        call_stage(
+            "the teacher's velocity in MeanFlow's targets, once a step",
+            teacher,
+            _digit_net,
+            (_digits(b), _spec((b,))),
+            calls=steps,
+        ),
+        call_stage(
+            f"3 seeds of {n // 3} samples: the teacher with four solvers at "
+            f"{'/'.join(map(str, FEW_STEP_NFES))} evaluations, adaptively "
+            f"({ADAPTIVE_STEPS} steps assumed) and its straightness; reflow the same, "
+            "without the adaptive solve",
+            teacher,
+            _digit_net,
+            (_digits(n // 3), _spec((n // 3,))),
+            calls=3 * (calls["teacher"] + calls["reflow"]),
+        ),
+        call_stage(
+            f"3 seeds of {n // 3} samples from each flow map at "
+            f"{'/'.join(map(str, FEW_STEP_NFES))} jumps",
+            flow_map,
+            flow_map_call,
+            (_digits(n // 3), _spec((n // 3,)), _spec((n // 3,))),
+            calls=3 * 2 * calls["flow_map"],
+        ),
+    ]
+    return stages
+
+
 _STAGES = {
     "vae": _vae_stages,
     "ddpm": _ddpm_stages,
@@ -499,6 +639,7 @@ _STAGES = {
     "emoji": _emoji_stages,
     "class_conditional": _class_conditional_stages,
     "latent": _latent_stages,
+    "few_step": _few_step_stages,
 }
 
 
