@@ -502,29 +502,34 @@ def _latent_stages(cfgs) -> list[Stage]:
     ]
 
 
-#: The numbers of network evaluations chapter 8 samples its networks at (assumed until the
-#: chapter is written: its tables may use fewer).
+#: The numbers of network evaluations of chapter 8's solver table (its closing table
+#: uses the first three).
 FEW_STEP_NFES = (1, 2, 4, 8, 16)
 
 
 def few_step_sampling_calls() -> dict:
-    """The network calls per sample of the sampling chapter 8 is costed with.
+    """The network calls per sample that chapter 8 makes of each of its networks.
 
     Returns:
-      ``{"teacher": ..., "reflow": ..., "flow_map": ...}``: the teacher with each of
-      :data:`diffbook.few_step.SOLVERS` at each of :data:`FEW_STEP_NFES` (the
-      two-evaluation solvers at the even ones) and once adaptively
-      (:data:`ADAPTIVE_STEPS` Tsit5 steps), and its straightness over 16 Euler steps;
-      the reflow network the same way without the adaptive solve; each flow map
-      (distilled, MeanFlow) at each of the numbers.
+      ``{"teacher": ..., "reflow": ..., "flow_map": ...}``.  The teacher: the solver
+      table on one seed (each of :data:`diffbook.few_step.SOLVERS` at each of
+      :data:`FEW_STEP_NFES`, the two-evaluation solvers at the even ones, and the
+      adaptive solve, :data:`ADAPTIVE_STEPS` Tsit5 steps assumed), its straightness
+      over 16 Euler steps, and on three seeds the closing table's Euler and
+      DPM-Solver++(2M) at 1, 2 and 4 evaluations, its best solver (counted as the
+      adaptive solve, the dearest) and the adaptive solve.  Reflow: its straightness,
+      Euler at 1, 2 and 4 on one seed, then on three.  Each flow map (distilled,
+      MeanFlow): 1, 2 and 4 jumps on three seeds.
     """
+    adaptive = 6 * ADAPTIVE_STEPS + 1
+    few = sum(FEW_STEP_NFES[:3])  # 1, 2 and 4 evaluations
     one_eval = 2 * sum(FEW_STEP_NFES)  # euler, dpm_solver_2m
     two_evals = 2 * sum(n for n in FEW_STEP_NFES if n % 2 == 0)  # heun, midpoint
     straightness = 16
     return {
-        "teacher": one_eval + two_evals + 6 * ADAPTIVE_STEPS + 1 + straightness,
-        "reflow": one_eval + two_evals + straightness,
-        "flow_map": sum(FEW_STEP_NFES),
+        "teacher": one_eval + two_evals + adaptive + straightness + 3 * (2 * few + 2 * adaptive),
+        "reflow": straightness + few + 3 * few,
+        "flow_map": 3 * few,
     }
 
 
@@ -535,7 +540,7 @@ def _few_step_stages(cfgs) -> list[Stage]:
     teacher = abstract(lambda: nets.unet_from_recipe(cfg))
     flow_map = abstract(lambda: nets.FlowMapUNet(nets.unet_from_recipe(cfg), rngs=nnx.Rngs(0)))
     b, k = cfg.batch_size, cfg.path_steps
-    n = 3 * _count(cfg, "num_samples", 600)  # three sampling seeds
+    n = _count(cfg, "num_samples", 600)  # per seed
 
     def student(model, method):
         steps = cfg[f"{method}_steps"]
@@ -610,22 +615,21 @@ def _few_step_stages(cfgs) -> list[Stage]:
             calls=steps,
         ),
         call_stage(
-            f"3 seeds of {n // 3} samples: the teacher with four solvers at "
-            f"{'/'.join(map(str, FEW_STEP_NFES))} evaluations, adaptively "
-            f"({ADAPTIVE_STEPS} steps assumed) and its straightness; reflow the same, "
-            "without the adaptive solve",
+            f"batches of {n} samples: the teacher's solver table (four solvers at "
+            f"{'/'.join(map(str, FEW_STEP_NFES))} evaluations and adaptively, "
+            f"{ADAPTIVE_STEPS} steps assumed), the teacher's and reflow's straightness "
+            "and Euler, and the closing table's teacher and reflow rows on 3 seeds",
             teacher,
             _digit_net,
-            (_digits(n // 3), _spec((n // 3,))),
-            calls=3 * (calls["teacher"] + calls["reflow"]),
+            (_digits(n), _spec((n,))),
+            calls=calls["teacher"] + calls["reflow"],
         ),
         call_stage(
-            f"3 seeds of {n // 3} samples from each flow map at "
-            f"{'/'.join(map(str, FEW_STEP_NFES))} jumps",
+            f"the closing table's flow maps: 3 seeds of {n} samples at 1/2/4 jumps, each",
             flow_map,
             flow_map_call,
-            (_digits(n // 3), _spec((n // 3,)), _spec((n // 3,))),
-            calls=3 * 2 * calls["flow_map"],
+            (_digits(n), _spec((n,)), _spec((n,))),
+            calls=2 * calls["flow_map"],
         ),
     ]
     return stages
