@@ -19,7 +19,12 @@ Three ways to need fewer network evaluations:
 * **Models that jump.** MeanFlow (Geng et al. 2025) learns the *average*
   velocity ``u(z, r, t)`` over an interval, so that one evaluation jumps from
   noise to data: :func:`meanflow_loss` trains it with a target built by
-  :func:`jax.jvp`, :func:`meanflow_sample` samples with it.
+  :func:`jax.jvp`; :func:`flow_map_distillation_loss` learns the same average
+  velocity from a teacher's paths (:func:`teacher_paths`) instead, and
+  :func:`flow_map_sample` samples with either.  :func:`reflow_loss` straightens a
+  flow by training on the pairs (noise, teacher sample).
+
+:data:`RECIPE` holds chapter 8's configurations (``notebooks/08_few_step.md``).
 
 For the path of :mod:`diffbook.flow` the data coefficient is ``alpha_t = t`` and
 the noise coefficient ``sigma_t = 1 - t``; the network's velocity ``v`` turns
@@ -39,6 +44,63 @@ import numpy as np
 
 from . import checks
 from .flow import decode, logit_normal, velocity_field
+
+#: Chapter 8's recipes; :func:`diffbook.config.pick` chooses one.  The teacher is a
+#: flow-matching U-Net of all ten digits (``steps`` at ``peak_lr``); its paths for the
+#: students are DPM-Solver++(2M) paths of ``path_steps`` steps from
+#: ``path_samples`` noise images; each student (``distill_*``, ``reflow_*``,
+#: ``meanflow_*``) starts from the teacher's weights.  ``num_samples`` images are
+#: judged per sampling seed.
+RECIPE = {
+    "cpu": dict(
+        channels=(16, 32),
+        batch_size=128,
+        steps=1500,
+        peak_lr=3e-3,
+        warmup=100,
+        ema_decay=0.995,
+        path_steps=16,
+        path_samples=2048,
+        student_lr=1e-3,
+        student_warmup=50,
+        student_ema_decay=0.99,
+        distill_steps=800,
+        reflow_steps=800,
+        meanflow_steps=800,
+        num_samples=600,
+    ),
+    "accelerator": dict(
+        channels=(64, 128),
+        batch_size=512,
+        steps=4000,
+        peak_lr=1e-3,
+        warmup=200,
+        ema_decay=0.999,
+        path_steps=32,
+        path_samples=16384,
+        student_lr=5e-4,
+        student_warmup=200,
+        student_ema_decay=0.999,
+        distill_steps=2000,
+        reflow_steps=2000,
+        meanflow_steps=2000,
+        num_samples=600,
+    ),
+    # A smoke run of the chapter (see diffbook.config.pick): every cell, few steps.
+    "smoke": dict(
+        steps=20,
+        warmup=2,
+        batch_size=16,
+        path_steps=4,
+        path_samples=64,
+        student_warmup=2,
+        distill_steps=10,
+        reflow_steps=10,
+        meanflow_steps=10,
+        num_samples=32,
+    ),
+}
+
 
 # --------------------------------------------------------------------------
 # Argument checks shared by the functions below.
@@ -239,6 +301,12 @@ def dpm_solver_2m(model: Callable, x0: jax.Array, steps: int | None = None, *, t
     grid = _time_grid(steps, times)
     x0 = _check_batch(x0, "x0")
     _check_model(model, x0)
+    path = _dpm_2m_path(model, x0, grid)
+    return path[-1], len(grid) - 1
+
+
+def _dpm_2m_path(model, x0, grid: np.ndarray) -> jax.Array:
+    """DPM-Solver++(2M) on ``grid``: the states at every grid time, (len(grid), B, ...)."""
     coef = jnp.asarray(_dpm_2m_coefficients(grid), x0.dtype)
     f = velocity_field(model)
 
@@ -247,11 +315,38 @@ def dpm_solver_2m(model: Callable, x0: jax.Array, steps: int | None = None, *, t
         s, (b, c_now, c_prev) = inputs
         pred = x + (1.0 - s) * f(s, x)  # x1_hat at time s: one evaluation
         x = (1.0 - b) * x + b * (c_now * pred + c_prev * pred_prev)
-        return (x, pred), None
+        return (x, pred), x
 
     ts = jnp.asarray(grid[:-1], x0.dtype)
-    (x, _), _ = jax.lax.scan(body, (x0, jnp.zeros_like(x0)), (ts, tuple(coef.T)))
-    return x, len(grid) - 1
+    _, xs = jax.lax.scan(body, (x0, jnp.zeros_like(x0)), (ts, tuple(coef.T)))
+    return jnp.concatenate([x0[None], xs])
+
+
+def teacher_paths(model: Callable, x0: jax.Array, steps: int) -> jax.Array:
+    """The teacher's ODE paths from ``x0``, on ``steps`` equal steps: what a flow map learns from.
+
+    Integrates ``model``'s flow with :func:`dpm_solver_2m` and keeps the state at every
+    time of the grid ``t_k = k / steps``.
+
+    Args:
+      model: the velocity network ``model(x, t)``.
+      x0: the starting noise, shape (B, ...).
+      steps: the number of equal steps, >= 1 (``steps`` evaluations).
+
+    Returns:
+      The paths, shape (B, steps + 1, ...): ``paths[:, k]`` is the state at ``t_k``,
+      ``paths[:, 0]`` is ``x0`` and ``paths[:, -1]`` the teacher's sample.
+
+    Raises:
+      TypeError: if ``steps`` is not an int, ``model`` not callable, or ``x0`` not
+        an array.
+      ValueError: if ``steps < 1``, ``x0`` is not a batch, or ``model`` returns
+        another shape than its input's.
+    """
+    grid = _time_grid(steps, None)
+    x0 = _check_batch(x0, "x0")
+    _check_model(model, x0)
+    return jnp.moveaxis(_dpm_2m_path(model, x0, grid), 0, 1)
 
 
 #: The fixed-step solvers by name, all ``solver(model, x0, steps) -> (x, nfe)``.
@@ -369,6 +464,70 @@ def straightness(model: Callable, x0: jax.Array, steps: int) -> Straightness:
     distance = jnp.sqrt(jnp.sum(chord**2, axis=tuple(a - 1 for a in axes)))  # (B,)
     ratio = jnp.mean(length / jnp.maximum(distance, jnp.finfo(x0.dtype).tiny))
     return Straightness(s, ratio, x1)
+
+
+def reflow_loss(model: Callable, pairs, key: jax.Array) -> jax.Array:
+    """Flow matching on fixed pairs ``(x0, x1)``: the loss of reflow (Liu et al. 2023).
+
+    Written out in chapter 8 (``notebooks/08_few_step.md``): change the two together.
+
+    Plain flow matching pairs each data image with fresh, independent noise.  Reflow
+    pairs each noise ``x0`` with the sample a trained model makes from it, and fits a
+    new velocity network to the straight lines between them; the flow it learns
+    has straighter paths than the first, so fewer solver steps follow them.
+
+    Args:
+      model: the velocity network ``model(x, t)``.
+      pairs: ``(x0, x1)``: noise and the teacher's samples from it, each (B, ...).
+      key: PRNG key for the times.
+
+    Returns:
+      The mean squared error, a scalar.
+    """
+    x0, x1 = pairs
+    t = logit_normal(key, x1.shape[0])
+    t_ = t.reshape((-1,) + (1,) * (x1.ndim - 1))
+    xt = (1 - t_) * x0 + t_ * x1
+    return jnp.mean((model(xt, t) - (x1 - x0)) ** 2)
+
+
+def flow_map_distillation_loss(model: Callable, paths: jax.Array, key: jax.Array) -> jax.Array:
+    """Distil a teacher's paths into a flow map ``model(z, r, t)``, one jump per pair of times.
+
+    Written out in chapter 8 (``notebooks/08_few_step.md``): change the two together.
+
+    ``paths`` (from :func:`teacher_paths`) hold each path's state at the times
+    ``t_k = k / K``.  For each path two grid times ``t_a < t_b`` are drawn (``a``
+    uniform in ``0..K-1``, then ``b`` uniform in ``a+1..K``), and the network's average
+    velocity at ``(z_a, t_a, t_b)`` is regressed on the jump the teacher made,
+    ``(z_b - z_a) / (t_b - t_a)``.  At the minimum, ``z_a + (t_b - t_a) u`` lands
+    where the teacher's solver does, for every pair of grid times, the one-step jump
+    from noise to data included.
+
+    Args:
+      model: the flow-map network ``model(z, r, t)``, ``z`` of shape (B, ...) and
+        ``r``, ``t`` of shape (B,).
+      paths: the teacher's paths, shape (B, K + 1, ...), ``K >= 1``.
+      key: PRNG key for the pairs of times.
+
+    Returns:
+      The mean squared error, a scalar.
+    """
+    n, k = paths.shape[0], paths.shape[1] - 1
+    times = jnp.linspace(0.0, 1.0, k + 1)
+    k_a, k_b = jax.random.split(key)
+    a = jax.random.randint(k_a, (n,), 0, k)
+    # b uniform among the k - a grid times after a (floor of a uniform, clipped in
+    # case the uniform draw rounds to 1).
+    b = (
+        a
+        + 1
+        + jnp.minimum(jnp.floor(jax.random.uniform(k_b, (n,)) * (k - a)), k - a - 1).astype(a.dtype)
+    )
+    rows = jnp.arange(n)
+    z_a, z_b = paths[rows, a], paths[rows, b]
+    gap = (times[b] - times[a]).reshape((-1,) + (1,) * (z_a.ndim - 1))
+    return jnp.mean((model(z_a, times[a], times[b]) - (z_b - z_a) / gap) ** 2)
 
 
 # --------------------------------------------------------------------------
@@ -501,12 +660,15 @@ def meanflow_loss(
     return jnp.mean(weight * d)
 
 
-def meanflow_sample(model: Callable, x0: jax.Array, steps: int = 1):
-    """Sample with a MeanFlow network: ``steps`` jumps from noise (t=0) to data (t=1).
+def flow_map_sample(model: Callable, x0: jax.Array, steps: int = 1):
+    """Sample with a flow map: ``steps`` jumps from noise (t=0) to data (t=1).
 
-    Each jump from ``s`` to ``t`` on the equal grid is ``x <- x + (t - s) u(x, s, t)``;
-    with one step, ``x1 = x0 + u(x0, 0, 1)``.  For the exact average velocity every
-    jump lands on the ODE path, whatever the number of steps.
+    ``model(z, r, t)`` is an average velocity over ``[r, t]``, learned by MeanFlow
+    (:func:`meanflow_loss`) or distilled from a teacher's paths
+    (:func:`flow_map_distillation_loss`).  Each jump from ``s`` to ``t`` on the equal
+    grid is ``x <- x + (t - s) u(x, s, t)``; with one step, ``x1 = x0 + u(x0, 0, 1)``.
+    For the exact average velocity every jump lands on the ODE path, whatever the
+    number of steps.
 
     Args:
       model: the average-velocity network ``model(z, r, t)`` (see

@@ -345,16 +345,16 @@ def test_meanflow_times_are_ordered_and_collapsed_as_asked():
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_meanflow_sampling_with_the_exact_average_velocity_is_exact(steps):
-    x, nfe = few_step.meanflow_sample(exact_average_velocity, X0, steps)
+    x, nfe = few_step.flow_map_sample(exact_average_velocity, X0, steps)
     np.testing.assert_allclose(x, ENDPOINT, atol=1e-5)
     assert nfe == steps
 
 
 def test_meanflow_refuses_bad_arguments():
     with pytest.raises(ValueError, match="steps"):
-        few_step.meanflow_sample(exact_average_velocity, X0, 0)
+        few_step.flow_map_sample(exact_average_velocity, X0, 0)
     with pytest.raises(ValueError, match="model"):
-        few_step.meanflow_sample(lambda z, r, t: z[:, :2], X0, 1)
+        few_step.flow_map_sample(lambda z, r, t: z[:, :2], X0, 1)
     with pytest.raises(ValueError, match="eps"):
         few_step.meanflow_loss(exact_average_velocity, X1, jax.random.key(0), eps=0.0)
     with pytest.raises(ValueError, match="power"):
@@ -363,3 +363,83 @@ def test_meanflow_refuses_bad_arguments():
         few_step.meanflow_loss(
             exact_average_velocity, X1, jax.random.key(0), velocity=lambda z, r: z[:, :1]
         )
+
+
+# ---------------------------------------------------------------- teacher paths and students
+
+
+def test_teacher_paths_are_the_solvers_states_on_its_grid():
+    paths = few_step.teacher_paths(exact_velocity, X0, 8)
+    assert paths.shape == (64, 9, 3)
+    np.testing.assert_array_equal(paths[:, 0], X0)
+    end, nfe = few_step.dpm_solver_2m(exact_velocity, X0, 8)
+    np.testing.assert_allclose(paths[:, -1], end, rtol=1e-6, atol=1e-6)
+    # Each state is the solver's after k steps: solving on the first k grid steps alone
+    # (a shorter grid) reaches the same point.
+    for k in (1, 3, 6):
+        part, _ = few_step.dpm_solver_2m(exact_velocity, X0, times=np.arange(k + 1) / 8)
+        np.testing.assert_allclose(paths[:, k], part, rtol=1e-5, atol=1e-5)
+    # On a fine grid the paths follow the exact flow map.
+    fine = few_step.teacher_paths(exact_velocity, X0, 64)
+    for k in (16, 32, 64):
+        assert (
+            rms(fine[:, k], flow_map(X0, jnp.zeros(64), jnp.full(64, k / 64))) < 5e-3
+        )  # one grid step off: 0.02
+
+
+def test_teacher_paths_refuse_bad_arguments():
+    with pytest.raises(ValueError, match="steps"):
+        few_step.teacher_paths(exact_velocity, X0, 0)
+    with pytest.raises(ValueError, match="model"):
+        few_step.teacher_paths(lambda x, t: x[:, :2], X0, 4)
+
+
+def exact_paths(k):
+    """The exact flow's states at t = 0, 1/k, ..., 1 from X0, shape (64, k + 1, 3)."""
+    times = jnp.linspace(0.0, 1.0, k + 1)
+    return jnp.stack([flow_map(X0, jnp.zeros(64), jnp.full(64, t)) for t in times], axis=1)
+
+
+@pytest.mark.parametrize("k", [1, 4, 16])
+def test_flow_map_distillation_loss_vanishes_at_the_exact_flow_map(k):
+    loss = few_step.flow_map_distillation_loss(
+        exact_average_velocity, exact_paths(k), jax.random.key(1)
+    )
+    assert float(loss) < 1e-9
+
+
+def test_flow_map_distillation_loss_is_positive_for_the_velocity():
+    """u = v is the right jump only for vanishing gaps: on curved paths the loss is clearly > 0."""
+    velocity = lambda z, r, t: exact_velocity(z, r)  # noqa: E731
+    loss = few_step.flow_map_distillation_loss(velocity, exact_paths(16), jax.random.key(1))
+    assert float(loss) > 0.05
+
+
+def test_flow_map_distillation_draws_every_pair_of_later_grid_times():
+    """The loss sees (t_a, t_b) with a < b <= K, every such pair, roughly as often as drawn."""
+    k, seen = 4, []
+
+    def spy(z, r, t):
+        seen.append((r, t))
+        return jnp.zeros_like(z)
+
+    paths = jnp.zeros((4096, k + 1, 1))
+    few_step.flow_map_distillation_loss(spy, paths, jax.random.key(2))
+    r, t = (np.round(np.asarray(a) * k).astype(int) for a in seen[0])
+    assert np.all(r < t) and r.min() == 0 and t.max() == k
+    pairs = {(a, b) for a, b in zip(r, t, strict=True)}
+    assert pairs == {(a, b) for a in range(k) for b in range(a + 1, k + 1)}
+    # a is uniform over 0..k-1
+    np.testing.assert_allclose(np.bincount(r, minlength=k) / len(r), 1 / k, atol=0.03)
+
+
+def test_reflow_loss_vanishes_for_the_straight_velocity_of_its_pairs():
+    x0 = jax.random.normal(jax.random.key(3), (32, 4))
+    shift = jnp.arange(4.0)
+    pairs = (x0, x0 + shift)  # every pair differs by the same vector
+    exact = few_step.reflow_loss(
+        lambda x, t: jnp.broadcast_to(shift, x.shape), pairs, jax.random.key(4)
+    )
+    zero = few_step.reflow_loss(lambda x, t: jnp.zeros_like(x), pairs, jax.random.key(4))
+    assert float(exact) < 1e-12
+    np.testing.assert_allclose(float(zero), float(jnp.mean(shift**2)), rtol=1e-6)

@@ -9,6 +9,7 @@
 * :mod:`diffbook.nets.text_encoder`: a small transformer text encoder and
   ``TextToImage``, which joins it to a cross-attending U-Net (chapters 5 and 7).
 * :mod:`diffbook.nets.dit`: a Diffusion Transformer (chapter 6).
+* :mod:`diffbook.nets.flow_map`: a U-Net of two times for flow maps (chapter 8).
 * :mod:`diffbook.nets.classifier`: the noise-aware classifier of classifier guidance
   (chapter 6).
 
@@ -19,6 +20,7 @@ more import line below.
 
 from .classifier import NoisyClassifier
 from .dit import DiT, DiTBlock
+from .flow_map import FlowMapUNet
 from .layers import (
     CrossAttention,
     LabelConditioned,
@@ -39,6 +41,7 @@ __all__ = [
     "CrossAttention",
     "DiT",
     "DiTBlock",
+    "FlowMapUNet",
     "LabelConditioned",
     "LabelEmbedding",
     "NoisyClassifier",

@@ -140,12 +140,16 @@ class UNet(LabelConditioned, nnx.Module):
         *,
         context: jax.Array | None = None,
         context_mask: jax.Array | None = None,
+        emb_shift: jax.Array | None = None,
     ) -> jax.Array:
         """The prediction for noisy images ``x`` (B, H, W, C) at times ``t`` (B,).
 
         ``labels`` (B,) ints are required exactly when the model was built with
         ``num_classes``; ``context`` (B, L, context_dim) and ``context_mask`` (B, L)
-        exactly when it was built with ``context_dim``.
+        exactly when it was built with ``context_dim``.  ``emb_shift`` (B, emb_dim),
+        if given, is added to the time embedding: a second condition computed
+        outside the U-Net, such as :class:`~diffbook.nets.flow_map.FlowMapUNet`'s
+        embedding of a second time.
         """
         if (labels is None) != (self.num_classes is None):
             raise ValueError(
@@ -164,6 +168,10 @@ class UNet(LabelConditioned, nnx.Module):
             raise ValueError(f"x's height and width must divide by {factor}, got {x.shape[1:3]}")
         t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
         emb = self.time(t)
+        if emb_shift is not None:
+            if emb_shift.shape != emb.shape:
+                raise ValueError(f"emb_shift must have shape {emb.shape}, got {emb_shift.shape}")
+            emb = emb + emb_shift
         if labels is not None:
             emb = emb + self.label_embed(labels, x.shape[0])
         if context is not None:
