@@ -13,7 +13,7 @@ Three ways to need fewer network evaluations:
   written for this path.  All four share one contract,
   ``solver(model, x0, steps) -> (x, nfe)``; :data:`SOLVERS` names them.
 * **Straighter paths.** :func:`minibatch_ot_pairs` re-pairs a batch of noise and
-  data by an exact optimal assignment (Tong et al. 2023; Pooladian et al. 2023);
+  data by an exact optimal assignment (Tong et al. 2024; Pooladian et al. 2023);
   :func:`straightness` measures how far a model's own ODE paths are from straight
   lines (Liu et al. 2023), the property that reflow improves.
 * **Models that jump.** MeanFlow (Geng et al. 2025) learns the *average*
@@ -370,7 +370,7 @@ def minibatch_ot_pairs(x0, x1, *, return_index: bool = False):
     ``sum_i |x0[i] - x1[perm[i]]|^2`` (an assignment problem, solved exactly by
     :func:`scipy.optimize.linear_sum_assignment` on the host, in float64), and
     returns the data in that order.  Training flow matching on these pairs
-    (Tong et al. 2023; Pooladian et al. 2023) gives straighter paths than
+    (Tong et al. 2024; Pooladian et al. 2023) gives straighter paths than
     independent pairs.  It runs on the host, so call it outside :func:`jax.jit`.
     Anything carried with the data (class labels) must be reordered with
     ``perm`` too (``return_index=True``).

@@ -443,3 +443,55 @@ def test_reflow_loss_vanishes_for_the_straight_velocity_of_its_pairs():
     zero = few_step.reflow_loss(lambda x, t: jnp.zeros_like(x), pairs, jax.random.key(4))
     assert float(exact) < 1e-12
     np.testing.assert_allclose(float(zero), float(jnp.mean(shift**2)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_meanflow_adaptive_weight_is_the_papers(power):
+    """With u = exact + c, every image misses its target by exactly c (the exact average
+    velocity satisfies the identity, and c adds nothing to du/dr), so every image's
+    squared error is d = |c|^2 and the loss is d / (d + eps)^power."""
+    c = jnp.array([0.3, -0.2, 0.1])
+    eps = 1e-3
+
+    def shifted(z, r, t):
+        return exact_average_velocity(z, r, t) + c
+
+    loss = few_step.meanflow_loss(
+        shifted, X1, jax.random.key(7), velocity=exact_velocity, power=power, eps=eps
+    )
+    d = float(jnp.sum(c**2))
+    assert float(loss) == pytest.approx(d / (d + eps) ** power, rel=1e-4)
+
+
+def test_meanflow_target_is_held_fixed_by_the_stop_gradient():
+    """For u = exact + theta z the target moves with theta (through du/dr); the gradient
+    must treat it as a constant: d loss / d theta = mean 2 theta (z - (t - r) v) . z with the
+    stop-gradient, mean 2 theta |z - (t - r) v|^2 without."""
+    key, theta = jax.random.key(8), 0.7
+
+    def loss(theta):
+        model = lambda z, r, t: exact_average_velocity(z, r, t) + theta * z  # noqa: E731
+        return few_step.meanflow_loss(
+            model, X1, key, velocity=exact_velocity, power=0.0, equal_fraction=0.0
+        )
+
+    grad = float(jax.grad(loss)(theta))
+    # the draws that meanflow_loss makes from its key
+    k_times, k_noise = jax.random.split(key)
+    r, t = few_step.meanflow_times(k_times, X1.shape[0], equal_fraction=0.0)
+    x0 = jax.random.normal(k_noise, X1.shape, X1.dtype)
+    z = (1 - r[:, None]) * x0 + r[:, None] * X1
+    miss = z - (t - r)[:, None] * exact_velocity(z, r)  # (u - target) / theta
+    with_stop = float(jnp.mean(2 * theta * jnp.sum(miss * z, axis=1)))
+    without = float(jnp.mean(2 * theta * jnp.sum(miss**2, axis=1)))
+    assert abs(with_stop - without) > 0.1 * abs(with_stop)  # the test can tell them apart
+    assert grad == pytest.approx(with_stop, rel=1e-3)
+
+
+def test_meanflow_times_use_the_mean_in_the_books_time():
+    """The paper's mean of -0.4 (noise at 1) is +0.4 here: logit(r) and logit(t) are the
+    smaller and larger of two draws of N(0.4, 1), so their average is 0.4 on average."""
+    r, t = few_step.meanflow_times(jax.random.key(9), 8000, equal_fraction=0.0)
+    logit = lambda p: jnp.log(p / (1 - p))  # noqa: E731
+    assert float(jnp.mean((logit(r) + logit(t)) / 2)) == pytest.approx(0.4, abs=0.05)
+    assert float(jnp.mean(r)) < 0.5 < float(jnp.mean(t))
