@@ -49,8 +49,10 @@ from .flow import decode, logit_normal, velocity_field
 #: flow-matching U-Net of all ten digits (``steps`` at ``peak_lr``); its paths for the
 #: students are DPM-Solver++(2M) paths of ``path_steps`` steps from
 #: ``path_samples`` noise images; each student (``distill_*``, ``reflow_*``,
-#: ``meanflow_*``) starts from the teacher's weights.  ``num_samples`` images are
-#: judged per sampling seed.
+#: ``meanflow_*``) starts from the teacher's weights.  MeanFlow draws its intervals
+#: with :func:`meanflow_times`'s ``equal_fraction`` = ``meanflow_equal_fraction`` and
+#: logit-normal times of ``meanflow_time_mean`` and ``meanflow_time_std`` (the paper's
+#: defaults are 0.75, 0.4 and 1.0).  ``num_samples`` images are judged per sampling seed.
 RECIPE = {
     "cpu": dict(
         channels=(16, 32),
@@ -67,6 +69,9 @@ RECIPE = {
         distill_steps=800,
         reflow_steps=800,
         meanflow_steps=800,
+        meanflow_equal_fraction=0.25,
+        meanflow_time_mean=0.0,
+        meanflow_time_std=2.0,
         num_samples=600,
     ),
     "accelerator": dict(
@@ -84,6 +89,9 @@ RECIPE = {
         distill_steps=2000,
         reflow_steps=2000,
         meanflow_steps=2000,
+        meanflow_equal_fraction=0.25,
+        meanflow_time_mean=0.0,
+        meanflow_time_std=2.0,
         num_samples=600,
     ),
     # A smoke run of the chapter (see diffbook.config.pick): every cell, few steps.

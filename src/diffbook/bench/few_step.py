@@ -159,21 +159,25 @@ def student_recipe(cfg, method: str):
     )
 
 
-def meanflow_student_loss(teacher):
+def meanflow_student_loss(teacher, cfg):
     """MeanFlow's loss as the chapter trains its student: the teacher's velocity as ``v``.
 
     Args:
       teacher: the trained velocity network ``teacher(x, t)``.
+      cfg: the chapter's configuration, whose ``meanflow_equal_fraction``,
+        ``meanflow_time_mean`` and ``meanflow_time_std`` set the intervals.
 
     Returns:
       ``loss(model, x1, key) -> scalar``, for :func:`~diffbook.bench.common.fit_recipe`.
     """
     from .. import few_step
 
-    # The one place the benchmark sets MeanFlow's options: the chapter's
-    # (notebooks/08_few_step.md), fewer collapsed intervals and times spread wider than
-    # the paper's defaults.
-    options = dict(velocity=teacher, equal_fraction=0.25, mean=0.0, std=2.0)
+    options = dict(
+        velocity=teacher,
+        equal_fraction=cfg.meanflow_equal_fraction,
+        mean=cfg.meanflow_time_mean,
+        std=cfg.meanflow_time_std,
+    )
 
     def loss(model, x1, key):
         return few_step.meanflow_loss(model, x1, key, **options)
@@ -233,7 +237,7 @@ def run(args: argparse.Namespace) -> dict:
             loss, train_data = few_step.flow_map_distillation_loss, paths
         else:
             student = nets.FlowMapUNet.from_velocity(teacher, seed=args.seed)
-            loss, train_data = meanflow_student_loss(teacher), images
+            loss, train_data = meanflow_student_loss(teacher, cfg), images
         model, history = common.fit_recipe(
             student,
             student_recipe(cfg, args.method),

@@ -12,6 +12,7 @@ at zero, so that before any training it *is* the velocity network, at every gap.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from .layers import TimeEmbedding
@@ -67,6 +68,6 @@ class FlowMapUNet(nnx.Module):
         Returns:
           ``u(z, r, t)``, of ``z``'s shape.
         """
-        r = jax.numpy.broadcast_to(jax.numpy.asarray(r, jax.numpy.float32), (z.shape[0],))
-        t = jax.numpy.broadcast_to(jax.numpy.asarray(t, jax.numpy.float32), (z.shape[0],))
+        r = jnp.broadcast_to(jnp.asarray(r, jnp.float32), (z.shape[0],))
+        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (z.shape[0],))
         return self.unet(z, r, emb_shift=self.gap(t - r))
